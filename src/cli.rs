@@ -1,0 +1,52 @@
+//! Command-line flags. Flags are the top configuration layer; each one maps to a key.
+
+use std::path::PathBuf;
+
+use clap::Parser;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "iam-key-exporter",
+    version,
+    about = "Prometheus exporter for the hygiene of AWS IAM access keys"
+)]
+pub struct Cli {
+    /// TOML configuration file (see config/iam-key-exporter.toml).
+    #[arg(long = "config.file", value_name = "PATH")]
+    pub config_file: Option<PathBuf>,
+
+    /// Validate the configuration, print the settings and exit.
+    #[arg(long = "check-config")]
+    pub check_config: bool,
+
+    /// Address to listen on: host:port, or :port for every interface [default: :9887].
+    #[arg(long = "web.listen-address", value_name = "ADDRESS")]
+    pub listen_address: Option<String>,
+
+    /// Path under which metrics are served [default: /metrics].
+    #[arg(long = "web.telemetry-path", value_name = "PATH")]
+    pub telemetry_path: Option<String>,
+
+    /// error, warn, info, debug or trace [default: info].
+    #[arg(long = "log.level", value_name = "LEVEL")]
+    pub log_level: Option<String>,
+
+    /// text or json [default: text].
+    #[arg(long = "log.format", value_name = "FORMAT")]
+    pub log_format: Option<String>,
+}
+
+impl Cli {
+    /// The flags that were given, as configuration keys and values.
+    pub fn overrides(&self) -> Vec<(&'static str, String)> {
+        [
+            ("web.listen_address", &self.listen_address),
+            ("web.telemetry_path", &self.telemetry_path),
+            ("log.level", &self.log_level),
+            ("log.format", &self.log_format),
+        ]
+        .into_iter()
+        .filter_map(|(key, value)| value.clone().map(|v| (key, v)))
+        .collect()
+    }
+}

@@ -1,0 +1,574 @@
+//! Settings: built-in defaults < TOML file < `IAM_KEY_EXPORTER_*` environment < flags,
+//! validated once at start so that a bad value stops the exporter before it serves anything.
+
+use std::fmt;
+use std::path::Path;
+use std::time::Duration;
+
+use config::{Config, Environment, File, FileFormat, Value};
+use serde::Deserialize;
+
+/// The defaults, written as TOML so that they read exactly like the shipped example file.
+const DEFAULTS: &str = include_str!("defaults.toml");
+
+/// Environment variables are spelled `IAM_KEY_EXPORTER_<SECTION>__<KEY>`,
+/// e.g. `IAM_KEY_EXPORTER_REFRESH__INTERVAL=10m`.
+pub const ENV_PREFIX: &str = "IAM_KEY_EXPORTER";
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    pub web: WebSettings,
+    pub log: LogSettings,
+    pub aws: AwsSettings,
+    pub refresh: RefreshSettings,
+    pub service_access: ServiceAccessSettings,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebSettings {
+    /// `host:port`, or `:port` for every interface.
+    pub listen_address: String,
+    pub telemetry_path: String,
+    /// How long a client may take to send its request headers before the connection is closed.
+    #[serde(deserialize_with = "duration")]
+    pub header_read_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub enum LogLevel {
+    Error,
+    Warn,
+    Info,
+    Debug,
+    Trace,
+}
+
+impl TryFrom<String> for LogLevel {
+    type Error = String;
+    fn try_from(text: String) -> Result<Self, String> {
+        match text.as_str() {
+            "error" => Ok(LogLevel::Error),
+            "warn" => Ok(LogLevel::Warn),
+            "info" => Ok(LogLevel::Info),
+            "debug" => Ok(LogLevel::Debug),
+            "trace" => Ok(LogLevel::Trace),
+            _ => Err("expected one of error, warn, info, debug, trace".to_string()),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+impl TryFrom<String> for LogFormat {
+    type Error = String;
+    fn try_from(text: String) -> Result<Self, String> {
+        match text.as_str() {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            _ => Err("expected one of text, json".to_string()),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSettings {
+    pub level: LogLevel,
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub enum RetryMode {
+    Standard,
+    Adaptive,
+}
+
+impl TryFrom<String> for RetryMode {
+    type Error = String;
+    fn try_from(text: String) -> Result<Self, String> {
+        match text.as_str() {
+            "standard" => Ok(RetryMode::Standard),
+            "adaptive" => Ok(RetryMode::Adaptive),
+            _ => Err("expected one of standard, adaptive".to_string()),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AwsSettings {
+    /// Region used to sign requests. IAM is global; when neither this nor the SDK's chain
+    /// names a region, `us-east-1` is used.
+    #[serde(default)]
+    pub region: Option<String>,
+    /// Endpoint for IAM and STS, e.g. a local IAM server. `AWS_ENDPOINT_URL` also works.
+    #[serde(default)]
+    pub endpoint_url: Option<String>,
+    pub retry_mode: RetryMode,
+    /// Attempts per call, the first one included.
+    pub max_attempts: u32,
+    /// Upper bound for one call, retries included.
+    #[serde(deserialize_with = "duration")]
+    pub call_timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RefreshSettings {
+    #[serde(deserialize_with = "duration")]
+    pub interval: Duration,
+    /// A refresh that takes longer is abandoned and counted as failed.
+    #[serde(deserialize_with = "duration")]
+    pub timeout: Duration,
+    /// IAM calls in flight at once for the per-user and per-key requests.
+    pub concurrency: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceAccessSettings {
+    pub enabled: bool,
+    #[serde(deserialize_with = "duration")]
+    pub interval: Duration,
+    /// Service-last-accessed jobs in flight at once; IAM throttles these readily.
+    pub max_concurrent_jobs: usize,
+    /// First wait between polls of a job; it doubles up to `poll_interval_max`.
+    #[serde(deserialize_with = "duration")]
+    pub poll_interval: Duration,
+    #[serde(deserialize_with = "duration")]
+    pub poll_interval_max: Duration,
+    /// A job not finished by then is abandoned; the user's previous counts stay.
+    #[serde(deserialize_with = "duration")]
+    pub job_timeout: Duration,
+}
+
+/// Durations are humantime strings ("90s", "5m", "1h 30m"). humantime's own message is
+/// kept because it says what is wrong ("unknown time unit", "time unit needed").
+fn duration<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    humantime::parse_duration(&text).map_err(serde::de::Error::custom)
+}
+
+/// A configuration the exporter refuses to start with. Every variant names the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read configuration file {path}: {source}")]
+    File {
+        path: String,
+        #[source]
+        source: config::ConfigError,
+    },
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+/// Where a setting came from, so the operator knows what to fix: the highest layer that
+/// sets `key` wins, as in the merge itself.
+fn origin_note(
+    key: &str,
+    value: Option<&Value>,
+    file: Option<&Path>,
+    overrides: &[(&str, String)],
+    env_keys: &config::Map<String, Value>,
+) -> String {
+    if overrides.iter().any(|(k, _)| *k == key) {
+        return format!(" (from flag --{})", key.replace('_', "-"));
+    }
+    if env_keys.contains_key(key) {
+        let variable = format!("{ENV_PREFIX}_{}", key.replace('.', "__").to_uppercase());
+        return format!(" (from environment variable {variable})");
+    }
+    // Built-in defaults are valid, so a bad value the flags and environment did not set
+    // came from the file.
+    match (value.and_then(Value::origin), file) {
+        (Some(origin), _) => format!(" (from {origin})"),
+        (None, Some(path)) => format!(" (from {})", path.display()),
+        (None, None) => String::new(),
+    }
+}
+
+fn render_value(value: Option<&Value>) -> String {
+    match value {
+        Some(value) => match &value.kind {
+            config::ValueKind::String(s) => format!("{s:?}"),
+            _ => value.to_string(),
+        },
+        None => "(missing)".to_string(),
+    }
+}
+
+/// Loads and validates the settings. `overrides` are `(key, value)` pairs from flags,
+/// which win over every other layer.
+pub fn load(file: Option<&Path>, overrides: &[(&str, String)]) -> Result<Settings, ConfigError> {
+    load_with_env(file, overrides, Environment::with_prefix(ENV_PREFIX))
+}
+
+fn load_with_env(
+    file: Option<&Path>,
+    overrides: &[(&str, String)],
+    env: Environment,
+) -> Result<Settings, ConfigError> {
+    let mut builder = Config::builder().add_source(File::from_str(DEFAULTS, FileFormat::Toml));
+    if let Some(path) = file {
+        let source = File::from(path).format(FileFormat::Toml).required(true);
+        // Read the file alone first so a syntax error is reported against the file, not later.
+        Config::builder()
+            .add_source(source.clone())
+            .build()
+            .map_err(|source| ConfigError::File {
+                path: path.display().to_string(),
+                source,
+            })?;
+        builder = builder.add_source(source);
+    }
+    let env = env.prefix_separator("_").separator("__");
+    // Kept aside to tell, in an error, which keys the environment set.
+    let env_keys =
+        config::Source::collect(&env).map_err(|e| ConfigError::Invalid(e.to_string()))?;
+    builder = builder.add_source(env);
+    for (key, value) in overrides {
+        builder = builder
+            .set_override(*key, value.as_str())
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+    }
+    let merged = builder
+        .build()
+        .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+
+    let settings: Settings = serde_path_to_error::deserialize(merged.clone()).map_err(|err| {
+        let key = err.path().to_string();
+        let inner = err.inner().to_string();
+        // The path names the offending key, an unknown one included.
+        let value = merged.get::<Value>(&key).ok();
+        let origin = origin_note(&key, value.as_ref(), file, overrides, &env_keys);
+        let value = render_value(value.as_ref());
+        if inner.starts_with("unknown field") {
+            ConfigError::Invalid(format!("unknown key {key:?} = {value}{origin}"))
+        } else {
+            ConfigError::Invalid(format!(
+                "key {key:?} = {value}{origin}: {}",
+                strip_key_suffix(&inner)
+            ))
+        }
+    })?;
+    settings.validate().map_err(|invalid| {
+        let value = merged.get::<Value>(invalid.key).ok();
+        let origin = origin_note(invalid.key, value.as_ref(), file, overrides, &env_keys);
+        ConfigError::Invalid(format!(
+            "key {:?} = {}{origin}: {}",
+            invalid.key, invalid.value, invalid.why
+        ))
+    })?;
+    Ok(settings)
+}
+
+/// The config crate appends `for key "..."` to some messages; we already name the key.
+fn strip_key_suffix(message: &str) -> &str {
+    match message.find(" for key ") {
+        Some(at) => &message[..at],
+        None => message,
+    }
+}
+
+/// A value that has the right type but is out of bounds.
+struct Invalid {
+    key: &'static str,
+    value: String,
+    why: &'static str,
+}
+
+fn check(
+    ok: bool,
+    key: &'static str,
+    value: impl fmt::Debug,
+    why: &'static str,
+) -> Result<(), Invalid> {
+    if ok {
+        Ok(())
+    } else {
+        Err(Invalid {
+            key,
+            value: format!("{value:?}"),
+            why,
+        })
+    }
+}
+
+fn check_duration(key: &'static str, value: Duration) -> Result<(), Invalid> {
+    check(
+        !value.is_zero(),
+        key,
+        humantime::format_duration(value).to_string(),
+        "must be greater than zero",
+    )
+}
+
+impl Settings {
+    fn validate(&self) -> Result<(), Invalid> {
+        let web = &self.web;
+        check(
+            parse_listen_address(&web.listen_address).is_some(),
+            "web.listen_address",
+            &web.listen_address,
+            "expected host:port or :port",
+        )?;
+        check(
+            web.telemetry_path.starts_with('/') && web.telemetry_path.len() > 1,
+            "web.telemetry_path",
+            &web.telemetry_path,
+            "expected an absolute path other than /",
+        )?;
+        check(
+            !matches!(web.telemetry_path.as_str(), "/-/healthy" | "/-/ready"),
+            "web.telemetry_path",
+            &web.telemetry_path,
+            "is reserved for the health endpoints",
+        )?;
+        check_duration("web.header_read_timeout", web.header_read_timeout)?;
+
+        if let Some(url) = &self.aws.endpoint_url {
+            let parsed = url.parse::<hyper::Uri>().ok();
+            let valid = parsed.as_ref().is_some_and(|uri| {
+                matches!(uri.scheme_str(), Some("http" | "https")) && uri.authority().is_some()
+            });
+            check(
+                valid,
+                "aws.endpoint_url",
+                url,
+                "expected an http:// or https:// URL",
+            )?;
+        }
+        if let Some(region) = &self.aws.region {
+            check(
+                !region.is_empty(),
+                "aws.region",
+                region,
+                "must not be empty",
+            )?;
+        }
+        check(
+            (1..=20).contains(&self.aws.max_attempts),
+            "aws.max_attempts",
+            self.aws.max_attempts,
+            "must be between 1 and 20",
+        )?;
+        check_duration("aws.call_timeout", self.aws.call_timeout)?;
+
+        let refresh = &self.refresh;
+        check_duration("refresh.interval", refresh.interval)?;
+        check_duration("refresh.timeout", refresh.timeout)?;
+        check(
+            (1..=64).contains(&refresh.concurrency),
+            "refresh.concurrency",
+            refresh.concurrency,
+            "must be between 1 and 64",
+        )?;
+
+        let access = &self.service_access;
+        check_duration("service_access.interval", access.interval)?;
+        check_duration("service_access.poll_interval", access.poll_interval)?;
+        check_duration("service_access.job_timeout", access.job_timeout)?;
+        check(
+            access.poll_interval_max >= access.poll_interval,
+            "service_access.poll_interval_max",
+            humantime::format_duration(access.poll_interval_max).to_string(),
+            "must be at least service_access.poll_interval",
+        )?;
+        check(
+            (1..=16).contains(&access.max_concurrent_jobs),
+            "service_access.max_concurrent_jobs",
+            access.max_concurrent_jobs,
+            "must be between 1 and 16",
+        )?;
+        Ok(())
+    }
+}
+
+/// What to bind: `:port` means every interface, like the Go exporters' flag.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ListenAddress {
+    AllInterfaces(u16),
+    Host(String, u16),
+}
+
+pub fn parse_listen_address(text: &str) -> Option<ListenAddress> {
+    let (host, port) = text.rsplit_once(':')?;
+    let port: u16 = port.parse().ok()?;
+    if host.is_empty() {
+        return Some(ListenAddress::AllInterfaces(port));
+    }
+    let host = host.strip_prefix('[').unwrap_or(host);
+    let host = host.strip_suffix(']').unwrap_or(host);
+    (!host.is_empty() && !host.contains(char::is_whitespace))
+        .then(|| ListenAddress::Host(host.to_string(), port))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn no_env() -> Environment {
+        Environment::with_prefix(ENV_PREFIX).source(Some(HashMap::new()))
+    }
+
+    fn env(pairs: &[(&str, &str)]) -> Environment {
+        let map = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Environment::with_prefix(ENV_PREFIX).source(Some(map))
+    }
+
+    fn defaults() -> Settings {
+        load_with_env(None, &[], no_env()).expect("defaults are valid")
+    }
+
+    #[test]
+    fn defaults_are_the_documented_ones() {
+        let s = defaults();
+        assert_eq!(s.web.listen_address, ":9887");
+        assert_eq!(s.web.telemetry_path, "/metrics");
+        assert_eq!(s.refresh.interval, Duration::from_secs(300));
+        assert_eq!(s.refresh.concurrency, 4);
+        assert_eq!(s.service_access.interval, Duration::from_secs(3600));
+        assert_eq!(s.aws.region, None);
+        assert_eq!(s.aws.endpoint_url, None);
+    }
+
+    #[test]
+    fn shipped_example_is_complete_and_matches_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/iam-key-exporter.toml");
+        let example = load_with_env(Some(&path), &[], no_env()).expect("example parses");
+        assert_eq!(example, defaults());
+    }
+
+    #[test]
+    fn layers_apply_in_order_file_env_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            "[refresh]\ninterval = \"10m\"\nconcurrency = 8\n[web]\nlisten_address = \":1\"\n",
+        )
+        .unwrap();
+        let s = load_with_env(
+            Some(&path),
+            &[("web.listen_address", "127.0.0.1:3".to_string())],
+            env(&[
+                ("IAM_KEY_EXPORTER_REFRESH__CONCURRENCY", "2"),
+                ("IAM_KEY_EXPORTER_WEB__LISTEN_ADDRESS", ":2"),
+                (
+                    "IAM_KEY_EXPORTER_AWS__ENDPOINT_URL",
+                    "http://127.0.0.1:5000",
+                ),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(s.refresh.interval, Duration::from_secs(600), "file");
+        assert_eq!(s.refresh.concurrency, 2, "env beats file");
+        assert_eq!(s.web.listen_address, "127.0.0.1:3", "flag beats env");
+        assert_eq!(s.aws.endpoint_url.as_deref(), Some("http://127.0.0.1:5000"));
+    }
+
+    #[test]
+    fn environment_errors_name_the_variable_origin() {
+        let err = load_with_env(
+            None,
+            &[],
+            env(&[("IAM_KEY_EXPORTER_REFRESH__INTERVAL", "soon")]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("\"refresh.interval\""), "{err}");
+        assert!(err.contains("\"soon\""), "{err}");
+        assert!(
+            err.contains("environment variable IAM_KEY_EXPORTER_REFRESH__INTERVAL"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn flag_errors_name_the_flag() {
+        let err = load_with_env(None, &[("log.level", "loud".to_string())], no_env())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("key \"log.level\" = \"loud\" (from flag --log.level)"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn unknown_environment_keys_are_rejected() {
+        let err = load_with_env(None, &[], env(&[("IAM_KEY_EXPORTER_REFRESH__SPEED", "9")]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("unknown key \"refresh.speed\" = \"9\""),
+            "{err}"
+        );
+    }
+
+    /// Every `tests/config/*.bad.toml` must fail with the message written in its first
+    /// line (`# error: ...`); every `*.ok.toml` must load.
+    #[test]
+    fn config_fixture_table() {
+        // Relative, as an operator would type it; cargo runs tests from the package root.
+        let dir = Path::new("tests/config");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let name = path.file_name().unwrap().to_string_lossy().to_string();
+            let text = std::fs::read_to_string(&path).unwrap();
+            if name.ends_with(".ok.toml") {
+                load_with_env(Some(&path), &[], no_env())
+                    .unwrap_or_else(|e| panic!("{name} should load: {e}"));
+                seen += 1;
+            } else if name.ends_with(".bad.toml") {
+                let expected = text
+                    .lines()
+                    .next()
+                    .and_then(|l| l.strip_prefix("# error: "))
+                    .unwrap_or_else(|| panic!("{name} lacks '# error: ' first line"));
+                let err = load_with_env(Some(&path), &[], no_env())
+                    .expect_err(&name)
+                    .to_string();
+                assert!(
+                    err.contains(expected),
+                    "{name}: expected {expected:?} in {err:?}"
+                );
+                seen += 1;
+            }
+        }
+        assert!(seen >= 10, "only {seen} fixtures found");
+    }
+
+    #[test]
+    fn listen_address_forms() {
+        assert_eq!(
+            parse_listen_address(":9887"),
+            Some(ListenAddress::AllInterfaces(9887))
+        );
+        assert_eq!(
+            parse_listen_address("127.0.0.1:80"),
+            Some(ListenAddress::Host("127.0.0.1".into(), 80))
+        );
+        assert_eq!(
+            parse_listen_address("[::1]:80"),
+            Some(ListenAddress::Host("::1".into(), 80))
+        );
+        assert_eq!(parse_listen_address("9887"), None);
+        assert_eq!(parse_listen_address(":99999"), None);
+        assert_eq!(parse_listen_address("host:"), None);
+    }
+}

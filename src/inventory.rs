@@ -1,0 +1,154 @@
+//! The inventory: plain data about users and their access keys as IAM reported them,
+//! with no AWS types, so that everything downstream is pure and testable.
+
+use std::collections::HashMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Everything one refresh learned about an account.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Inventory {
+    pub account_id: String,
+    /// When the refresh finished listing; ages are computed as of this instant.
+    pub collected_at: SystemTime,
+    pub users: Vec<User>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct User {
+    pub name: String,
+    pub arn: String,
+    pub keys: Vec<AccessKey>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyStatus {
+    Active,
+    Inactive,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct AccessKey {
+    /// The public key id (`AKIA...`). The secret is never requested from IAM.
+    pub id: String,
+    pub status: KeyStatus,
+    pub created: SystemTime,
+    pub last_used: Option<LastUse>,
+}
+
+/// GetAccessKeyLastUsed for a key that has been used. IAM reports service and region as
+/// the string `N/A` when it has no value; that string is kept as IAM sent it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LastUse {
+    pub at: SystemTime,
+    pub service: String,
+    pub region: String,
+}
+
+/// The outcome of one user's service-last-accessed job.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ServiceCounts {
+    /// Services the user's policies allow that were authenticated to at least once.
+    pub accessed: u32,
+    /// Services the user's policies allow, used or not.
+    pub granted: u32,
+}
+
+/// Latest service counts per user ARN.
+pub type ServiceCountsByArn = HashMap<String, ServiceCounts>;
+
+impl Inventory {
+    pub fn key_count(&self) -> usize {
+        self.users.iter().map(|u| u.keys.len()).sum()
+    }
+}
+
+impl AccessKey {
+    /// Time since the key was created, as of `now`.
+    pub fn age(&self, now: SystemTime) -> Duration {
+        elapsed(self.created, now)
+    }
+
+    /// Time since the key was last used. A key that was never used has been idle since
+    /// it was created, which is also how CIS counts it for the unused-credentials control.
+    pub fn idle(&self, now: SystemTime) -> Duration {
+        let since = self.last_used.as_ref().map_or(self.created, |u| u.at);
+        elapsed(since, now)
+    }
+}
+
+/// `now - then`, or zero when `then` is in the future (clock skew between AWS and us must
+/// not produce a negative age).
+pub fn elapsed(then: SystemTime, now: SystemTime) -> Duration {
+    now.duration_since(then).unwrap_or_default()
+}
+
+/// Seconds since the Unix epoch, as Prometheus wants timestamps.
+pub fn unix_seconds(t: SystemTime) -> f64 {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => d.as_secs_f64(),
+        Err(before) => -before.duration().as_secs_f64(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DAY: u64 = 86_400;
+
+    fn at(secs: u64) -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(secs)
+    }
+
+    fn key(created: u64, last_used: Option<u64>) -> AccessKey {
+        AccessKey {
+            id: "AKIAEXAMPLE".into(),
+            status: KeyStatus::Active,
+            created: at(created),
+            last_used: last_used.map(|t| LastUse {
+                at: at(t),
+                service: "s3".into(),
+                region: "eu-west-1".into(),
+            }),
+        }
+    }
+
+    #[test]
+    fn age_counts_from_creation() {
+        let now = at(1_000 * DAY);
+        assert_eq!(
+            key(900 * DAY, None).age(now),
+            Duration::from_secs(100 * DAY)
+        );
+    }
+
+    #[test]
+    fn idle_counts_from_last_use() {
+        let now = at(1_000 * DAY + 3600);
+        let k = key(900 * DAY, Some(990 * DAY));
+        assert_eq!(k.idle(now), Duration::from_secs(10 * DAY + 3600));
+    }
+
+    #[test]
+    fn never_used_key_is_idle_since_creation() {
+        let now = at(1_000 * DAY);
+        let k = key(955 * DAY, None);
+        assert_eq!(k.idle(now), k.age(now));
+        assert_eq!(k.idle(now), Duration::from_secs(45 * DAY));
+    }
+
+    #[test]
+    fn future_dates_from_clock_skew_clamp_to_zero() {
+        let now = at(1_000 * DAY);
+        let k = key(1_000 * DAY + 5, Some(1_000 * DAY + 7));
+        assert_eq!(k.age(now), Duration::ZERO);
+        assert_eq!(k.idle(now), Duration::ZERO);
+    }
+
+    #[test]
+    fn unix_seconds_keeps_fractions_and_handles_pre_epoch() {
+        assert_eq!(unix_seconds(at(1_700_000_000)), 1_700_000_000.0);
+        assert_eq!(unix_seconds(UNIX_EPOCH + Duration::from_millis(1_500)), 1.5);
+        assert_eq!(unix_seconds(UNIX_EPOCH - Duration::from_secs(2)), -2.0);
+    }
+}

@@ -1,0 +1,92 @@
+//! Entry point: parses flags, loads the configuration, sets up logging, binds the
+//! listener and wires SIGTERM/SIGINT to a graceful shutdown. The library does the rest.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+use iam_key_exporter::cli::Cli;
+use iam_key_exporter::config::{self, LogFormat, LogLevel, Settings};
+use tokio::signal::unix::{SignalKind, signal};
+use tracing::level_filters::LevelFilter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+
+/// Exit code for a configuration the exporter refuses, as for a bad flag.
+const EXIT_BAD_CONFIG: u8 = 2;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let settings = match config::load(cli.config_file.as_deref(), &cli.overrides()) {
+        Ok(settings) => settings,
+        Err(err) => {
+            eprintln!("iam-key-exporter: {err}");
+            return ExitCode::from(EXIT_BAD_CONFIG);
+        }
+    };
+    if cli.check_config {
+        println!("configuration is valid:\n{settings:#?}");
+        return ExitCode::SUCCESS;
+    }
+    init_tracing(&settings);
+    match serve(settings) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            tracing::error!("{err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[tokio::main]
+async fn serve(settings: Settings) -> anyhow::Result<()> {
+    let address = config::parse_listen_address(&settings.web.listen_address)
+        .context("listen address was validated")?;
+    let listener = iam_key_exporter::http::bind(&address).await?;
+    let mut terminate = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        address = %listener.local_addr()?,
+        "listening"
+    );
+    let shutdown = async move {
+        tokio::select! {
+            _ = terminate.recv() => tracing::info!("SIGTERM received; shutting down"),
+            _ = interrupt.recv() => tracing::info!("SIGINT received; shutting down"),
+        }
+    };
+    iam_key_exporter::run(settings, listener, shutdown).await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Our own events at the configured level. Dependencies (the AWS SDK, hyper) are held at
+/// `info` at most: their debug and trace output is request-level noise that no operator
+/// needs from an exporter, and it is where credentials-adjacent detail would appear.
+fn init_tracing(settings: &Settings) {
+    let level = match settings.log.level {
+        LogLevel::Error => LevelFilter::ERROR,
+        LogLevel::Warn => LevelFilter::WARN,
+        LogLevel::Info => LevelFilter::INFO,
+        LogLevel::Debug => LevelFilter::DEBUG,
+        LogLevel::Trace => LevelFilter::TRACE,
+    };
+    let filter = tracing_subscriber::filter::Targets::new()
+        .with_target("iam_key_exporter", level)
+        .with_default(level.min(LevelFilter::INFO));
+    match settings.log.format {
+        LogFormat::Text => tracing_subscriber::registry()
+            .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+            .with(filter)
+            .init(),
+        LogFormat::Json => tracing_subscriber::registry()
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .with_writer(std::io::stderr),
+            )
+            .with(filter)
+            .init(),
+    }
+}

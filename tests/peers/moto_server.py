@@ -1,0 +1,513 @@
+"""IAM test peer: a moto server seeded with a scenario of users and access keys.
+
+Usage:
+    python moto_server.py --scenario FILE [--host 127.0.0.1] [--port 0]
+                          [--verbose] [--ignore-stdin]
+
+What it does:
+  1. Loads and validates a scenario JSON file (unknown fields are rejected).
+  2. Seeds moto's in-memory IAM backend with the users and access keys, then
+     backdates the model objects (user/key CreateDate, key last-used) to
+     "now minus N days". All seeded times are truncated to whole seconds,
+     as real IAM reports them, so the values that come back over HTTP equal
+     the ones printed below exactly.
+  3. Starts moto.server.ThreadedMotoServer (port 0 = a free port picked by
+     the OS; the real port is read back from the bound socket, so there is
+     no probe-then-bind race).
+  4. Prints ONE JSON line to stdout describing what was seeded (endpoint,
+     account, users, keys, dates as epoch seconds). Never prints secrets.
+     Everything else goes to stderr.
+  5. Serves until stdin reaches EOF (the parent test process died or closed
+     the pipe) or SIGTERM/SIGINT arrives, then stops the server and exits 0.
+
+TEST-SIDE EXTENSION: moto 5.2.5 does not implement
+GenerateServiceLastAccessedDetails / GetServiceLastAccessedDetails (it answers
+HTTP 500). This script adds both to moto's IamResponse class, serving
+service-last-accessed data from the scenario. See README.md for exactly what
+is and is not emulated.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import logging
+import os
+import select
+import signal
+import sys
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+DEFAULT_ACCOUNT_ID = "123456789012"
+DEFAULT_REGION = "us-east-1"
+KEY_STATUSES = ("Active", "Inactive")
+JOB_OUTCOMES = ("completed", "failed")
+MAX_KEYS_PER_USER = 2  # the real IAM quota, also enforced by moto
+
+log = logging.getLogger("iam-peer")
+
+
+# --------------------------------------------------------------------------
+# Scenario parsing / validation
+# --------------------------------------------------------------------------
+
+
+class ScenarioError(ValueError):
+    pass
+
+
+def _fields(obj: Any, where: str, required: set[str], optional: set[str]) -> dict:
+    """Check that obj is an object with exactly the allowed fields."""
+    if not isinstance(obj, dict):
+        raise ScenarioError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+    unknown = sorted(set(obj) - required - optional)
+    if unknown:
+        allowed = ", ".join(sorted(required | optional))
+        raise ScenarioError(f"{where}: unknown field(s) {unknown}; allowed: {allowed}")
+    missing = sorted(required - set(obj))
+    if missing:
+        raise ScenarioError(f"{where}: missing required field(s) {missing}")
+    return obj
+
+
+def _days(obj: dict, key: str, where: str) -> float | None:
+    value = obj.get(key)
+    if value is None:
+        return None
+    # bool is an int subclass in Python; "true days ago" is certainly a typo.
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        raise ScenarioError(f"{where}.{key}: expected a non-negative number of days")
+    return float(value)
+
+
+def _str(obj: dict, key: str, where: str, default: str | None = None,
+         choices: tuple[str, ...] | None = None) -> str | None:
+    value = obj.get(key, default)
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value:
+        raise ScenarioError(f"{where}.{key}: expected a non-empty string")
+    if choices and value not in choices:
+        raise ScenarioError(f"{where}.{key}: expected one of {list(choices)}, got {value!r}")
+    return value
+
+
+def _list(obj: dict, key: str, where: str) -> list:
+    value = obj.get(key, [])
+    if not isinstance(value, list):
+        raise ScenarioError(f"{where}.{key}: expected a list")
+    return value
+
+
+def _not_before(later: float | None, earlier: float | None, what: str) -> None:
+    """Reject impossible chronology, e.g. a key created before its user."""
+    if later is not None and earlier is not None and later > earlier:
+        raise ScenarioError(f"{what} ({later} days ago) predates its parent ({earlier} days ago)")
+
+
+@dataclass
+class KeySpec:
+    created_days_ago: float
+    status: str
+    last_used_days_ago: float | None
+    last_used_service: str | None
+    last_used_region: str | None
+
+
+@dataclass
+class ServiceSpec:
+    namespace: str
+    name: str
+    last_authenticated_days_ago: float | None
+    region: str | None
+
+
+@dataclass
+class UserSpec:
+    name: str
+    path: str
+    created_days_ago: float
+    keys: list[KeySpec]
+    job: str = "completed"
+    in_progress_polls: int = 1
+    error_code: str | None = None
+    error_message: str | None = None
+    services: list[ServiceSpec] = field(default_factory=list)
+
+
+def parse_scenario(doc: Any) -> tuple[str, list[UserSpec]]:
+    _fields(doc, "scenario", {"users"}, {"account_id"})
+    account_id = _str(doc, "account_id", "scenario", DEFAULT_ACCOUNT_ID)
+    if not (account_id.isdigit() and len(account_id) == 12):
+        raise ScenarioError("scenario.account_id: expected 12 digits")
+
+    users: list[UserSpec] = []
+    seen: set[str] = set()
+    for i, u in enumerate(_list(doc, "users", "scenario")):
+        w = f"users[{i}]"
+        _fields(u, w, {"name", "created_days_ago"}, {"path", "keys", "services"})
+        name = _str(u, "name", w)
+        if name in seen:
+            raise ScenarioError(f"{w}.name: duplicate user {name!r}")
+        seen.add(name)
+        path = _str(u, "path", w, "/")
+        if not (path.startswith("/") and path.endswith("/")):
+            raise ScenarioError(f"{w}.path: must start and end with '/', got {path!r}")
+        user_age = _days(u, "created_days_ago", w)
+
+        keys = []
+        for j, k in enumerate(_list(u, "keys", w)):
+            kw = f"{w}.keys[{j}]"
+            _fields(k, kw, {"created_days_ago"},
+                    {"status", "last_used_days_ago", "last_used_service", "last_used_region"})
+            used = _days(k, "last_used_days_ago", kw)
+            if used is None and ("last_used_service" in k or "last_used_region" in k):
+                raise ScenarioError(f"{kw}: last_used_service/region need last_used_days_ago")
+            key = KeySpec(
+                created_days_ago=_days(k, "created_days_ago", kw),
+                status=_str(k, "status", kw, "Active", KEY_STATUSES),
+                last_used_days_ago=used,
+                last_used_service=_str(k, "last_used_service", kw, "s3" if used is not None else None),
+                last_used_region=_str(k, "last_used_region", kw, DEFAULT_REGION if used is not None else None),
+            )
+            _not_before(key.created_days_ago, user_age, f"{kw}.created_days_ago")
+            _not_before(key.last_used_days_ago, key.created_days_ago, f"{kw}.last_used_days_ago")
+            keys.append(key)
+        if len(keys) > MAX_KEYS_PER_USER:
+            raise ScenarioError(f"{w}.keys: IAM allows at most {MAX_KEYS_PER_USER} keys per user")
+
+        user = UserSpec(name=name, path=path, created_days_ago=user_age, keys=keys)
+        if "services" in u:
+            sw = f"{w}.services"
+            s = _fields(u["services"], sw, set(),
+                        {"job", "in_progress_polls", "entries", "error_code", "error_message"})
+            user.job = _str(s, "job", sw, "completed", JOB_OUTCOMES)
+            polls = s.get("in_progress_polls", 1)
+            if isinstance(polls, bool) or not isinstance(polls, int) or polls < 0:
+                raise ScenarioError(f"{sw}.in_progress_polls: expected a non-negative integer")
+            user.in_progress_polls = polls
+            if user.job != "failed" and ("error_code" in s or "error_message" in s):
+                raise ScenarioError(f"{sw}: error_code/error_message only apply to job 'failed'")
+            user.error_code = _str(s, "error_code", sw, "InternalFailure")
+            user.error_message = _str(s, "error_message", sw,
+                                      "The service last accessed report could not be generated.")
+            for n, e in enumerate(_list(s, "entries", sw)):
+                ew = f"{sw}.entries[{n}]"
+                _fields(e, ew, {"namespace", "name"}, {"last_authenticated_days_ago", "region"})
+                ago = _days(e, "last_authenticated_days_ago", ew)
+                if ago is None and "region" in e:
+                    raise ScenarioError(f"{ew}.region: needs last_authenticated_days_ago")
+                user.services.append(ServiceSpec(
+                    namespace=_str(e, "namespace", ew),
+                    name=_str(e, "name", ew),
+                    last_authenticated_days_ago=ago,
+                    region=_str(e, "region", ew, DEFAULT_REGION if ago is not None else None),
+                ))
+        users.append(user)
+    return account_id, users
+
+
+# --------------------------------------------------------------------------
+# Seeding moto's IAM backend
+# --------------------------------------------------------------------------
+
+
+def _utc_seconds(dt: datetime) -> datetime:
+    """Naive UTC datetime truncated to whole seconds.
+
+    moto stores naive UTC datetimes (moto.core.utils.utcnow) and serializes
+    them as ISO 8601 with microseconds when they are non-zero; real IAM sends
+    whole seconds. Truncating keeps the wire format realistic and lets the
+    epoch values we print compare exactly.
+    """
+    if dt.tzinfo is not None:  # naive input is already UTC, as in moto
+        dt = dt.astimezone(timezone.utc).replace(tzinfo=None)
+    return dt.replace(microsecond=0)
+
+
+def _epoch(dt: datetime | None) -> float | None:
+    return None if dt is None else dt.replace(tzinfo=timezone.utc).timestamp()
+
+
+def seed(account_id: str, users: list[UserSpec], now: datetime) -> tuple[list[dict], dict]:
+    """Create users/keys in moto and backdate them.
+
+    Returns (description of what was seeded for the JSON line,
+             service-last-accessed data keyed by user ARN).
+    """
+    from moto.iam.models import AccessKeyLastUsed, iam_backends
+
+    # "global" is moto's legacy alias for the "aws" partition backend, which
+    # is what IamResponse uses for requests in us-east-1.
+    backend = iam_backends[account_id]["aws"]
+    ago = lambda days: _utc_seconds(now - timedelta(days=days))  # noqa: E731
+
+    described, services_by_arn = [], {}
+    for spec in users:
+        user = backend.create_user(DEFAULT_REGION, spec.name, path=spec.path)
+        user.create_date = ago(spec.created_days_ago)
+        keys = []
+        for k in spec.keys:
+            key = backend.create_access_key(spec.name, status=k.status)
+            key.create_date = ago(k.created_days_ago)
+            if k.last_used_days_ago is not None:
+                key.last_used = AccessKeyLastUsed(
+                    timestamp=ago(k.last_used_days_ago),
+                    service=k.last_used_service,
+                    region=k.last_used_region,
+                )
+            keys.append({
+                "access_key_id": key.access_key_id,
+                "status": key.status,
+                "create_date": _epoch(key.create_date),
+                "last_used_date": _epoch(key.last_used.timestamp) if key.last_used else None,
+                # What GetAccessKeyLastUsed answers for a never-used key.
+                "last_used_service": k.last_used_service or "N/A",
+                "last_used_region": k.last_used_region or "N/A",
+            })
+
+        entries = [{
+            "namespace": s.namespace,
+            "name": s.name,
+            "last_authenticated": (None if s.last_authenticated_days_ago is None
+                                   else ago(s.last_authenticated_days_ago)),
+            "region": s.region,
+        } for s in spec.services]
+        services_by_arn[user.arn] = {"spec": spec, "entries": entries}
+        served = entries if spec.job == "completed" else []
+        described.append({
+            "name": user.name,
+            "arn": user.arn,
+            "path": user.path,
+            "create_date": _epoch(user.create_date),
+            "keys": keys,
+            # Counts of what GetServiceLastAccessedDetails will serve (0 when
+            # the job fails): "granted" = entries listed, "accessed" = those
+            # with a LastAuthenticated date.
+            "services_accessed": sum(1 for e in served if e["last_authenticated"]),
+            "services_granted": len(served),
+            "service_job": spec.job,
+            "services": [{**e, "last_authenticated": _epoch(e["last_authenticated"])}
+                         for e in served],
+        })
+    return described, services_by_arn
+
+
+# --------------------------------------------------------------------------
+# TEST-SIDE EXTENSION: service last accessed details
+# --------------------------------------------------------------------------
+
+
+@dataclass
+class _Job:
+    arn: str
+    granularity: str
+    created: datetime
+    polls_left: int
+    completed: datetime | None = None
+
+
+def install_service_last_accessed(services_by_arn: dict) -> None:
+    """Add Generate/GetServiceLastAccessedDetails to moto's IamResponse.
+
+    IamResponse dispatches on the snake_cased Action name, and returning an
+    ActionResult lets moto's own Query-protocol serializer render the
+    response from botocore's IAM model (namespace, <member> lists, ISO 8601
+    timestamps, ResponseMetadata/RequestId) exactly as for built-in actions.
+    Raising moto's IAM exceptions gives the usual ErrorResponse XML with the
+    status code from the model (NoSuchEntity 404, InvalidInput 400).
+    """
+    from moto.core.responses import ActionResult
+    from moto.core.utils import utcnow
+    from moto.iam.exceptions import InvalidInput, NoSuchEntity
+    from moto.iam.responses import IamResponse
+
+    jobs: dict[str, _Job] = {}
+    lock = threading.Lock()  # the server handles requests on several threads
+
+    def generate_service_last_accessed_details(self: IamResponse) -> ActionResult:
+        arn = self._get_param("Arn")
+        # Also check the live backend so a user deleted at runtime is gone.
+        if arn not in services_by_arn or not any(
+                u.arn == arn for u in self.backend.users.values()):
+            raise NoSuchEntity(f"The entity with ARN {arn} cannot be found.")
+        granularity = self._get_param("Granularity") or "SERVICE_LEVEL"
+        job_id = str(uuid.uuid4())
+        with lock:
+            jobs[job_id] = _Job(arn, granularity, _utc_seconds(utcnow()),
+                                services_by_arn[arn]["spec"].in_progress_polls)
+        return ActionResult({"JobId": job_id})
+
+    def get_service_last_accessed_details(self: IamResponse) -> ActionResult:
+        job_id = self._get_param("JobId")
+        max_items = self._get_param("MaxItems") or 100
+        marker = self._get_param("Marker")
+        with lock:
+            job = jobs.get(job_id)
+            if job is None:
+                raise InvalidInput(f"Job with ID {job_id} does not exist.")
+            result: dict[str, Any] = {
+                "JobType": job.granularity,
+                "JobCreationDate": job.created,
+                "ServicesLastAccessed": [],
+                "IsTruncated": False,
+            }
+            if job.polls_left > 0:
+                job.polls_left -= 1
+                return ActionResult({"JobStatus": "IN_PROGRESS", **result})
+            if job.completed is None:
+                job.completed = _utc_seconds(utcnow())
+        result["JobCompletionDate"] = job.completed
+
+        data = services_by_arn[job.arn]
+        spec: UserSpec = data["spec"]
+        if spec.job == "failed":
+            return ActionResult({"JobStatus": "FAILED", **result,
+                                 "Error": {"Message": spec.error_message,
+                                           "Code": spec.error_code}})
+
+        start = _decode_marker(marker, InvalidInput)
+        entries = data["entries"]
+        page = entries[start:start + max_items]
+        if start + max_items < len(entries):
+            result["IsTruncated"] = True
+            result["Marker"] = _encode_marker(start + max_items)
+        result["ServicesLastAccessed"] = [_render_entry(e, job.arn) for e in page]
+        return ActionResult({"JobStatus": "COMPLETED", **result})
+
+    IamResponse.generate_service_last_accessed_details = generate_service_last_accessed_details
+    IamResponse.get_service_last_accessed_details = get_service_last_accessed_details
+
+
+def _render_entry(e: dict, arn: str) -> dict:
+    out = {"ServiceName": e["name"], "ServiceNamespace": e["namespace"]}
+    if e["last_authenticated"] is None:
+        out["TotalAuthenticatedEntities"] = 0
+    else:
+        out.update(LastAuthenticated=e["last_authenticated"], LastAuthenticatedEntity=arn,
+                   LastAuthenticatedRegion=e["region"], TotalAuthenticatedEntities=1)
+    return out
+
+
+# Markers are opaque to clients in real IAM; keep them opaque here too.
+def _encode_marker(offset: int) -> str:
+    return base64.urlsafe_b64encode(f"sla:{offset}".encode()).decode()
+
+
+def _decode_marker(marker: str | None, error: type[Exception]) -> int:
+    if not marker:
+        return 0
+    try:
+        prefix, offset = base64.urlsafe_b64decode(marker.encode()).decode().split(":")
+        if prefix == "sla" and int(offset) >= 0:
+            return int(offset)
+    except ValueError:  # covers binascii.Error and UnicodeDecodeError
+        pass
+    raise error(f"Invalid Marker {marker!r}.")
+
+
+# --------------------------------------------------------------------------
+# Server lifecycle
+# --------------------------------------------------------------------------
+
+
+def start_server(host: str, port: int):
+    from moto.server import ThreadedMotoServer
+
+    class Server(ThreadedMotoServer):
+        # The stock start() waits forever if binding fails (e.g. port in use)
+        # because the ready event is only set after a successful bind.
+        def _server_entry(self) -> None:
+            try:
+                super()._server_entry()
+            except BaseException as exc:  # noqa: BLE001 - reported by main()
+                self.bind_error = exc
+                self._server_ready_event.set()
+
+    server = Server(ip_address=host, port=port, verbose=False)  # verbose prints to stdout
+    server.bind_error = None
+    server.start()
+    if server.bind_error is not None:
+        # werkzeug already printed the reason and raised SystemExit(1).
+        detail = "" if isinstance(server.bind_error, SystemExit) else f": {server.bind_error}"
+        raise SystemExit(f"moto_server: cannot listen on {host}:{port}{detail}")
+    return server
+
+
+def wait_for_shutdown(watch_stdin: bool) -> str:
+    """Block until SIGTERM/SIGINT or (if watched) EOF on stdin; return why.
+
+    stdin is polled with select() from the main thread rather than read in
+    a helper thread: a daemon thread blocked in a read makes interpreter
+    shutdown abort ("could not acquire lock for <stdin>").
+    """
+    signals: list[str] = []
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda signum, _frame: signals.append(signal.Signals(signum).name))
+
+    fd = sys.stdin.fileno() if watch_stdin and sys.stdin is not None else None
+    while not signals:
+        if fd is None:
+            time.sleep(0.2)
+        elif select.select([fd], [], [], 0.2)[0] and not os.read(fd, 65536):
+            # The parent keeps a pipe open; EOF means it closed it or died.
+            return "stdin EOF"
+    return signals[0]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--scenario", required=True, help="scenario JSON file")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0, help="0 = any free port")
+    parser.add_argument("--verbose", action="store_true", help="log every HTTP request")
+    parser.add_argument("--ignore-stdin", action="store_true",
+                        help="do not exit on stdin EOF (for manual use, e.g. in the background)")
+    args = parser.parse_args(argv)
+
+    logging.basicConfig(stream=sys.stderr, level=logging.INFO,
+                        format="moto_server: %(message)s")
+    if not args.verbose:
+        logging.getLogger("werkzeug").setLevel(logging.ERROR)
+
+    # Only the JSON line may reach stdout: route stray prints to stderr.
+    real_stdout, sys.stdout = sys.stdout, sys.stderr
+
+    try:
+        with open(args.scenario, encoding="utf-8") as f:
+            account_id, users = parse_scenario(json.load(f))
+    except (OSError, json.JSONDecodeError, ScenarioError) as exc:
+        log.error("invalid scenario %s: %s", args.scenario, exc)
+        return 2
+
+    # Route every request to the scenario account, whatever credentials the
+    # client signs with (moto otherwise maps unknown keys to 123456789012).
+    os.environ["MOTO_ACCOUNT_ID"] = account_id
+
+    described, services_by_arn = seed(account_id, users, datetime.now(timezone.utc))
+    install_service_last_accessed(services_by_arn)
+    server = start_server(args.host, args.port)
+    host, port = server.get_host_and_port()
+    if host in ("0.0.0.0", "::"):
+        host = "127.0.0.1"
+    endpoint = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+    real_stdout.write(json.dumps({"endpoint": endpoint, "account_id": account_id,
+                                  "users": described}) + "\n")
+    real_stdout.flush()
+    log.info("serving %d users on %s", len(described), endpoint)
+
+    why = wait_for_shutdown(watch_stdin=not args.ignore_stdin)
+    log.info("%s: stopping", why)
+    server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
