@@ -526,7 +526,7 @@ mod tests {
         // Relative, as an operator would type it; cargo runs tests from the package root.
         let dir = Path::new("tests/config");
         let mut seen = 0;
-        for entry in std::fs::read_dir(&dir).unwrap() {
+        for entry in std::fs::read_dir(dir).unwrap() {
             let path = entry.unwrap().path();
             let name = path.file_name().unwrap().to_string_lossy().to_string();
             let text = std::fs::read_to_string(&path).unwrap();

@@ -1,6 +1,7 @@
 //! Entry point: parses flags, loads the configuration, sets up logging, binds the
 //! listener and wires SIGTERM/SIGINT to a graceful shutdown. The library does the rest.
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -77,7 +78,11 @@ fn init_tracing(settings: &Settings) {
         .with_default(level.min(LevelFilter::INFO));
     match settings.log.format {
         LogFormat::Text => tracing_subscriber::registry()
-            .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_writer(std::io::stderr)
+                    .with_ansi(std::io::stderr().is_terminal()),
+            )
             .with(filter)
             .init(),
         LogFormat::Json => tracing_subscriber::registry()

@@ -3,11 +3,12 @@
 
 mod keys;
 mod service_access;
+#[cfg(test)]
+mod tests;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use aws_config::meta::region::RegionProviderChain;
 use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, Region};
@@ -84,6 +85,8 @@ fn observe<T, E: ProvideErrorMetadata, R>(
     result
 }
 
+/// NoSuchEntity by its code: GetAccessKeyLastUsed returns it for a deleted key, but the
+/// SDK's model of that operation does not list it as a typed error.
 fn is_no_such_entity<E: ProvideErrorMetadata, R>(err: &SdkError<E, R>) -> bool {
     err.code() == Some("NoSuchEntity")
 }
@@ -144,22 +147,26 @@ impl Clients {
             .connect_timeout(Duration::from_secs(5))
             .operation_timeout(settings.call_timeout)
             .build();
-        // IAM is global, but requests are signed for a region; us-east-1 is IAM's home.
-        let region = match &settings.region {
-            Some(region) => RegionProviderChain::first_try(Region::new(region.clone())),
-            None => {
-                RegionProviderChain::default_provider().or_else(Region::from_static("us-east-1"))
-            }
-        };
         let mut loader = aws_config::defaults(BehaviorVersion::latest())
             .http_client(http_client)
             .retry_config(retry)
-            .timeout_config(timeouts)
-            .region(region);
+            .timeout_config(timeouts);
+        if let Some(region) = &settings.region {
+            loader = loader.region(Region::new(region.clone()));
+        }
         if let Some(url) = &settings.endpoint_url {
             loader = loader.endpoint_url(url);
         }
-        let sdk = loader.load().await;
+        // The loader's own region chain is used (not a RegionProviderChain built here),
+        // because only the loader hands its HTTP client to the chain's IMDS lookup.
+        let mut sdk = loader.load().await;
+        if sdk.region().is_none() {
+            // IAM is global, but requests are signed for a region; us-east-1 is IAM's home.
+            sdk = sdk
+                .into_builder()
+                .region(Region::from_static("us-east-1"))
+                .build();
+        }
         let counter = CountRequests { metrics };
         Clients {
             iam: aws_sdk_iam::Client::from_conf(

@@ -1,0 +1,496 @@
+//! What moto cannot show: paging over several pages, entities deleted mid-refresh, error
+//! codes, and service-last-accessed jobs, against aws-smithy-mocks rules that also check
+//! that no other call was made.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use aws_sdk_iam::Client;
+use aws_sdk_iam::operation::generate_service_last_accessed_details::GenerateServiceLastAccessedDetailsOutput;
+use aws_sdk_iam::operation::get_access_key_last_used::GetAccessKeyLastUsedOutput;
+use aws_sdk_iam::operation::get_service_last_accessed_details::GetServiceLastAccessedDetailsOutput;
+use aws_sdk_iam::operation::list_access_keys::ListAccessKeysOutput;
+use aws_sdk_iam::operation::list_users::ListUsersOutput;
+use aws_sdk_iam::primitives::DateTime;
+use aws_sdk_iam::types::{
+    AccessKeyLastUsed, AccessKeyMetadata, ErrorDetails, JobStatusType, ServiceLastAccessed,
+    StatusType, User,
+};
+use aws_smithy_mocks::{Rule, RuleMode, mock, mock_client};
+use aws_smithy_runtime_api::http::{Response as HttpResponse, StatusCode};
+use aws_smithy_types::body::SdkBody;
+
+use super::*;
+use crate::inventory::{KeyStatus, ServiceCounts};
+
+const ACCOUNT: &str = "123456789012";
+const NOW: i64 = 1_767_225_600;
+const DAY: i64 = 86_400;
+
+fn client(rules: &[&Rule], metrics: &Arc<ExporterMetrics>) -> Client {
+    let counter = CountRequests {
+        metrics: metrics.clone(),
+    };
+    mock_client!(aws_sdk_iam, RuleMode::MatchAny, rules, |conf| conf
+        .interceptor(counter.clone()))
+}
+
+fn arn(name: &str) -> String {
+    format!("arn:aws:iam::{ACCOUNT}:user/{name}")
+}
+
+fn user(name: &str) -> User {
+    User::builder()
+        .user_name(name)
+        .user_id(format!("AIDA{}", name.to_uppercase()))
+        .arn(arn(name))
+        .path("/")
+        .create_date(DateTime::from_secs(NOW - 1000 * DAY))
+        .build()
+        .unwrap()
+}
+
+fn key(user: &str, id: &str, status: StatusType, created_days_ago: i64) -> AccessKeyMetadata {
+    AccessKeyMetadata::builder()
+        .user_name(user)
+        .access_key_id(id)
+        .status(status)
+        .create_date(DateTime::from_secs(NOW - created_days_ago * DAY))
+        .build()
+}
+
+/// An IAM error as IAM sends it, so the SDK's own parser reads the code.
+fn iam_error(status: u16, code: &str) -> HttpResponse {
+    let body = format!(
+        "<ErrorResponse xmlns=\"https://iam.amazonaws.com/doc/2010-05-08/\"><Error><Type>Sender</Type>\
+         <Code>{code}</Code><Message>{code} in a test</Message></Error><RequestId>r</RequestId></ErrorResponse>"
+    );
+    HttpResponse::new(StatusCode::try_from(status).unwrap(), SdkBody::from(body))
+}
+
+fn last_used(days_ago: Option<i64>) -> GetAccessKeyLastUsedOutput {
+    let used = match days_ago {
+        Some(days) => AccessKeyLastUsed::builder()
+            .last_used_date(DateTime::from_secs(NOW - days * DAY))
+            .service_name("s3")
+            .region("eu-west-1"),
+        None => AccessKeyLastUsed::builder()
+            .service_name("N/A")
+            .region("N/A"),
+    };
+    GetAccessKeyLastUsedOutput::builder()
+        .access_key_last_used(used.build().unwrap())
+        .build()
+}
+
+fn at(secs: i64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_secs(secs as u64)
+}
+
+fn requests(metrics: &ExporterMetrics, operation: &str) -> u64 {
+    metrics
+        .aws_requests_total
+        .with_label_values(&[operation])
+        .get()
+}
+
+fn errors(metrics: &ExporterMetrics, operation: &str, code: &str) -> u64 {
+    metrics
+        .aws_errors_total
+        .with_label_values(&[operation, code])
+        .get()
+}
+
+#[tokio::test]
+async fn follows_every_page_of_users_and_keys() {
+    // Three pages of users; bob's keys come in two pages.
+    let page1 = mock!(Client::list_users)
+        .match_requests(|r| r.marker().is_none())
+        .then_output(|| {
+            ListUsersOutput::builder()
+                .users(user("alice"))
+                .users(user("bob"))
+                .is_truncated(true)
+                .marker("after-bob")
+                .build()
+                .unwrap()
+        });
+    let page2 = mock!(Client::list_users)
+        .match_requests(|r| r.marker() == Some("after-bob"))
+        .then_output(|| {
+            ListUsersOutput::builder()
+                .users(user("carol"))
+                .is_truncated(true)
+                .marker("after-carol")
+                .build()
+                .unwrap()
+        });
+    let page3 = mock!(Client::list_users)
+        .match_requests(|r| r.marker() == Some("after-carol"))
+        .then_output(|| {
+            ListUsersOutput::builder()
+                .users(user("dave"))
+                .is_truncated(false)
+                .build()
+                .unwrap()
+        });
+    let keys_alice = mock!(Client::list_access_keys)
+        .match_requests(|r| r.user_name() == Some("alice"))
+        .then_output(|| {
+            ListAccessKeysOutput::builder()
+                .access_key_metadata(key("alice", "AKIAALICE0000000001", StatusType::Active, 400))
+                .build()
+                .unwrap()
+        });
+    let keys_bob_1 = mock!(Client::list_access_keys)
+        .match_requests(|r| r.user_name() == Some("bob") && r.marker().is_none())
+        .then_output(|| {
+            ListAccessKeysOutput::builder()
+                .access_key_metadata(key("bob", "AKIABOB000000000001", StatusType::Active, 10))
+                .is_truncated(true)
+                .marker("bob-2")
+                .build()
+                .unwrap()
+        });
+    let keys_bob_2 = mock!(Client::list_access_keys)
+        .match_requests(|r| r.user_name() == Some("bob") && r.marker() == Some("bob-2"))
+        .then_output(|| {
+            ListAccessKeysOutput::builder()
+                .access_key_metadata(key("bob", "AKIABOB000000000002", StatusType::Inactive, 5))
+                .build()
+                .unwrap()
+        });
+    let keys_none = mock!(Client::list_access_keys)
+        .match_requests(|r| matches!(r.user_name(), Some("carol" | "dave")))
+        .then_output(|| {
+            ListAccessKeysOutput::builder()
+                .set_access_key_metadata(Some(vec![]))
+                .build()
+                .unwrap()
+        });
+    let used = mock!(Client::get_access_key_last_used)
+        .match_requests(|r| r.access_key_id() != Some("AKIABOB000000000002"))
+        .then_output(|| last_used(Some(3)));
+    let never = mock!(Client::get_access_key_last_used)
+        .match_requests(|r| r.access_key_id() == Some("AKIABOB000000000002"))
+        .then_output(|| last_used(None));
+
+    let metrics = Arc::new(ExporterMetrics::new());
+    let iam = client(
+        &[
+            &page1,
+            &page2,
+            &page3,
+            &keys_alice,
+            &keys_bob_1,
+            &keys_bob_2,
+            &keys_none,
+            &used,
+            &never,
+        ],
+        &metrics,
+    );
+    let inventory = collect_inventory(&iam, &metrics, ACCOUNT, 2).await.unwrap();
+
+    let names: Vec<&str> = inventory.users.iter().map(|u| u.name.as_str()).collect();
+    assert_eq!(
+        names,
+        ["alice", "bob", "carol", "dave"],
+        "all pages, in IAM's order"
+    );
+    assert_eq!(inventory.account_id, ACCOUNT);
+    assert_eq!(inventory.users[0].arn, arn("alice"));
+    let bob = &inventory.users[1];
+    assert_eq!(bob.keys.len(), 2, "both pages of bob's keys");
+    assert_eq!(bob.keys[0].id, "AKIABOB000000000001");
+    assert_eq!(bob.keys[0].status, KeyStatus::Active);
+    assert_eq!(bob.keys[0].created, at(NOW - 10 * DAY));
+    let used_once = bob.keys[0].last_used.as_ref().unwrap();
+    assert_eq!(used_once.at, at(NOW - 3 * DAY));
+    assert_eq!(
+        (used_once.service.as_str(), used_once.region.as_str()),
+        ("s3", "eu-west-1")
+    );
+    assert_eq!(bob.keys[1].status, KeyStatus::Inactive);
+    assert_eq!(
+        bob.keys[1].last_used, None,
+        "no LastUsedDate means never used"
+    );
+    assert!(inventory.users[2].keys.is_empty());
+
+    // Every page was asked for exactly once, and nothing else was called.
+    for (rule, calls) in [
+        (&page1, 1),
+        (&page2, 1),
+        (&page3, 1),
+        (&keys_alice, 1),
+        (&keys_bob_1, 1),
+        (&keys_bob_2, 1),
+        (&keys_none, 2),
+        (&used, 2),
+        (&never, 1),
+    ] {
+        assert_eq!(rule.num_calls(), calls);
+    }
+    assert_eq!(requests(&metrics, "ListUsers"), 3);
+    assert_eq!(requests(&metrics, "ListAccessKeys"), 5);
+    assert_eq!(requests(&metrics, "GetAccessKeyLastUsed"), 3);
+}
+
+#[tokio::test]
+async fn users_and_keys_deleted_mid_refresh_are_skipped() {
+    let users = mock!(Client::list_users).then_output(|| {
+        ListUsersOutput::builder()
+            .users(user("stays"))
+            .users(user("gone"))
+            .build()
+            .unwrap()
+    });
+    let keys_stays = mock!(Client::list_access_keys)
+        .match_requests(|r| r.user_name() == Some("stays"))
+        .then_output(|| {
+            ListAccessKeysOutput::builder()
+                .access_key_metadata(key("stays", "AKIASTAYS0000000001", StatusType::Active, 50))
+                .access_key_metadata(key("stays", "AKIAREVOKED00000001", StatusType::Active, 40))
+                .build()
+                .unwrap()
+        });
+    let keys_gone = mock!(Client::list_access_keys)
+        .match_requests(|r| r.user_name() == Some("gone"))
+        .then_http_response(|| iam_error(404, "NoSuchEntity"));
+    let used = mock!(Client::get_access_key_last_used)
+        .match_requests(|r| r.access_key_id() == Some("AKIASTAYS0000000001"))
+        .then_output(|| last_used(Some(1)));
+    let revoked = mock!(Client::get_access_key_last_used)
+        .match_requests(|r| r.access_key_id() == Some("AKIAREVOKED00000001"))
+        .then_http_response(|| iam_error(404, "NoSuchEntity"));
+
+    let metrics = Arc::new(ExporterMetrics::new());
+    let iam = client(
+        &[&users, &keys_stays, &keys_gone, &used, &revoked],
+        &metrics,
+    );
+    let inventory = collect_inventory(&iam, &metrics, ACCOUNT, 4).await.unwrap();
+
+    assert_eq!(inventory.users.len(), 1, "the deleted user is skipped");
+    assert_eq!(inventory.users[0].name, "stays");
+    let ids: Vec<&str> = inventory.users[0]
+        .keys
+        .iter()
+        .map(|k| k.id.as_str())
+        .collect();
+    assert_eq!(ids, ["AKIASTAYS0000000001"], "the deleted key is skipped");
+    assert_eq!(errors(&metrics, "ListAccessKeys", "NoSuchEntity"), 1);
+    assert_eq!(errors(&metrics, "GetAccessKeyLastUsed", "NoSuchEntity"), 1);
+}
+
+#[tokio::test]
+async fn any_other_error_fails_the_refresh_with_its_code() {
+    let users = mock!(Client::list_users).then_output(|| {
+        ListUsersOutput::builder()
+            .users(user("alice"))
+            .build()
+            .unwrap()
+    });
+    let denied =
+        mock!(Client::list_access_keys).then_http_response(|| iam_error(403, "AccessDenied"));
+
+    let metrics = Arc::new(ExporterMetrics::new());
+    let iam = client(&[&users, &denied], &metrics);
+    let err = collect_inventory(&iam, &metrics, ACCOUNT, 4)
+        .await
+        .unwrap_err();
+
+    match &err {
+        IamError::Call {
+            operation, code, ..
+        } => {
+            assert_eq!(
+                (*operation, code.as_str()),
+                ("ListAccessKeys", "AccessDenied")
+            );
+        }
+        other => panic!("unexpected error {other:?}"),
+    }
+    assert!(
+        err.to_string()
+            .starts_with("ListAccessKeys failed (AccessDenied)"),
+        "{err}"
+    );
+    assert_eq!(errors(&metrics, "ListAccessKeys", "AccessDenied"), 1);
+}
+
+fn generate_job() -> Rule {
+    mock!(Client::generate_service_last_accessed_details)
+        .match_requests(|r| r.arn() == Some(arn("alice").as_str()))
+        .then_output(|| {
+            GenerateServiceLastAccessedDetailsOutput::builder()
+                .job_id("job-1")
+                .build()
+        })
+}
+
+fn job_page(status: JobStatusType) -> aws_sdk_iam::operation::get_service_last_accessed_details::builders::GetServiceLastAccessedDetailsOutputBuilder{
+    GetServiceLastAccessedDetailsOutput::builder()
+        .job_status(status)
+        .job_creation_date(DateTime::from_secs(NOW))
+        .job_completion_date(DateTime::from_secs(NOW))
+        .set_services_last_accessed(Some(vec![]))
+}
+
+fn service(namespace: &str, accessed: bool) -> ServiceLastAccessed {
+    let builder = ServiceLastAccessed::builder()
+        .service_name(format!("Service {namespace}"))
+        .service_namespace(namespace);
+    let builder = if accessed {
+        builder
+            .last_authenticated(DateTime::from_secs(NOW - DAY))
+            .last_authenticated_entity(arn("alice"))
+            .total_authenticated_entities(1)
+    } else {
+        builder.total_authenticated_entities(0)
+    };
+    builder.build().unwrap()
+}
+
+const POLICY: JobPolicy = JobPolicy {
+    poll_interval: Duration::from_secs(1),
+    poll_interval_max: Duration::from_secs(8),
+    timeout: Duration::from_secs(60),
+};
+
+#[tokio::test(start_paused = true)]
+async fn a_job_is_polled_until_completed_and_every_page_is_counted() {
+    let generate = generate_job();
+    // First poll: IN_PROGRESS; second: COMPLETED, page 1 of 2; then page 2 by marker.
+    let first_page = mock!(Client::get_service_last_accessed_details)
+        .match_requests(|r| r.job_id() == Some("job-1") && r.marker().is_none())
+        .sequence()
+        .output(|| job_page(JobStatusType::InProgress).build().unwrap())
+        .output(|| {
+            job_page(JobStatusType::Completed)
+                .services_last_accessed(service("s3", true))
+                .services_last_accessed(service("ec2", false))
+                .services_last_accessed(service("iam", true))
+                .is_truncated(true)
+                .marker("page-2")
+                .build()
+                .unwrap()
+        })
+        .build();
+    let second_page = mock!(Client::get_service_last_accessed_details)
+        .match_requests(|r| r.marker() == Some("page-2"))
+        .then_output(|| {
+            job_page(JobStatusType::Completed)
+                .services_last_accessed(service("lambda", false))
+                .services_last_accessed(service("sts", true))
+                .is_truncated(false)
+                .build()
+                .unwrap()
+        });
+
+    let metrics = Arc::new(ExporterMetrics::new());
+    let iam = client(&[&generate, &first_page, &second_page], &metrics);
+    let started = tokio::time::Instant::now();
+    let counts = service_counts(&iam, &metrics, &arn("alice"), POLICY)
+        .await
+        .unwrap();
+
+    assert_eq!(
+        counts,
+        ServiceCounts {
+            accessed: 3,
+            granted: 5
+        }
+    );
+    assert_eq!(
+        (
+            generate.num_calls(),
+            first_page.num_calls(),
+            second_page.num_calls()
+        ),
+        (1, 2, 1)
+    );
+    // Waits of 1 s before the first poll and 2 s before the second; none between pages.
+    assert_eq!(started.elapsed(), Duration::from_secs(3));
+    assert_eq!(requests(&metrics, "GetServiceLastAccessedDetails"), 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_job_reports_iams_reason() {
+    let generate = generate_job();
+    let failed = mock!(Client::get_service_last_accessed_details).then_output(|| {
+        job_page(JobStatusType::Failed)
+            .error(
+                ErrorDetails::builder()
+                    .code("InternalFailure")
+                    .message("report generation failed")
+                    .build()
+                    .unwrap(),
+            )
+            .build()
+            .unwrap()
+    });
+    let metrics = Arc::new(ExporterMetrics::new());
+    let iam = client(&[&generate, &failed], &metrics);
+    let err = service_counts(&iam, &metrics, &arn("alice"), POLICY)
+        .await
+        .unwrap_err();
+    match err {
+        IamError::JobFailed {
+            arn: failed_arn,
+            reason,
+        } => {
+            assert_eq!(failed_arn, arn("alice"));
+            assert_eq!(reason, "InternalFailure: report generation failed");
+        }
+        other => panic!("unexpected error {other:?}"),
+    }
+    assert_eq!(failed.num_calls(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_job_still_running_at_the_deadline_times_out_after_backing_off() {
+    let generate = generate_job();
+    let running = mock!(Client::get_service_last_accessed_details)
+        .then_output(|| job_page(JobStatusType::InProgress).build().unwrap());
+    let metrics = Arc::new(ExporterMetrics::new());
+    let iam = client(&[&generate, &running], &metrics);
+    let started = tokio::time::Instant::now();
+    let err = service_counts(&iam, &metrics, &arn("alice"), POLICY)
+        .await
+        .unwrap_err();
+
+    assert!(matches!(err, IamError::JobTimedOut { .. }), "{err:?}");
+    assert_eq!(
+        started.elapsed(),
+        POLICY.timeout,
+        "gives up exactly at the deadline"
+    );
+    // Polls after 1, 2, 4, 8, 8, 8, 8, 8, 8 s (t = 1, 3, 7, 15, 23, ..., 55), then a last
+    // one at the deadline, t = 60.
+    assert_eq!(running.num_calls(), 10);
+}
+
+#[tokio::test]
+async fn generate_errors_are_reported_with_their_code() {
+    let denied = mock!(Client::generate_service_last_accessed_details)
+        .then_http_response(|| iam_error(403, "AccessDenied"));
+    let metrics = Arc::new(ExporterMetrics::new());
+    let iam = client(&[&denied], &metrics);
+    let err = service_counts(&iam, &metrics, &arn("alice"), POLICY)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, IamError::Call { operation: "GenerateServiceLastAccessedDetails", code, .. } if code == "AccessDenied"),
+        "{err:?}"
+    );
+    assert_eq!(
+        errors(
+            &metrics,
+            "GenerateServiceLastAccessedDetails",
+            "AccessDenied"
+        ),
+        1
+    );
+}

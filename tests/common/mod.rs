@@ -1,0 +1,398 @@
+//! Test harness: real peers (moto, promtool) on loopback, the built exporter binary, and
+//! a small parser for the exposition text. Every process started here is killed on drop.
+
+#![allow(dead_code)] // Each test binary uses its own part of the harness.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// Credentials for moto. Never a seeded key id: moto would record their use.
+pub const TEST_ACCESS_KEY: &str = "testing";
+/// A secret that must never appear in a label or a log line.
+pub const TEST_SECRET: &str = "test-secret-that-must-never-leak";
+
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A peer that is not installed fails the test in CI and skips it elsewhere, loudly.
+pub fn require_peer(name: &str, path: &Path) -> bool {
+    if path.exists() {
+        return true;
+    }
+    let hint = "install it with scripts/install-test-peers.sh";
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("test peer {name} missing at {}: {hint}", path.display());
+    }
+    eprintln!(
+        "SKIPPED: test peer {name} missing at {} ({hint})",
+        path.display()
+    );
+    false
+}
+
+pub fn moto_python() -> PathBuf {
+    root().join("target/peers/venv/bin/python")
+}
+
+pub fn now_secs() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+}
+
+/// Polls `check` until it returns Some or `limit` passes. A liveness bound, not a timing
+/// assertion: the limits are generous.
+pub fn wait_for<T>(what: &str, limit: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The moto IAM server of tests/peers/moto_server.py, seeded with a scenario.
+pub struct Moto {
+    child: Child,
+    /// Held open: the server exits when its stdin closes, so it dies with the test.
+    _stdin: ChildStdin,
+    pub endpoint: String,
+    /// What was seeded, as the server reported it (ids, epoch timestamps).
+    pub seeded: serde_json::Value,
+}
+
+impl Moto {
+    pub fn start(scenario: &Path) -> Option<Moto> {
+        let python = moto_python();
+        if !require_peer("moto", &python) {
+            return None;
+        }
+        let mut child = Command::new(python)
+            .arg(root().join("tests/peers/moto_server.py"))
+            .arg("--scenario")
+            .arg(scenario)
+            .args(["--host", "127.0.0.1", "--port", "0"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start moto_server.py");
+        let stdin = child.stdin.take().unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .expect("read moto's seed report");
+        let seeded: serde_json::Value =
+            serde_json::from_str(&line).unwrap_or_else(|e| panic!("moto said {line:?}: {e}"));
+        let endpoint = seeded["endpoint"].as_str().unwrap().to_string();
+        Some(Moto {
+            child,
+            _stdin: stdin,
+            endpoint,
+            seeded,
+        })
+    }
+
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// An IAM client for changing the scenario while the exporter runs.
+    pub fn iam_client(&self) -> aws_sdk_iam::Client {
+        let config = aws_sdk_iam::Config::builder()
+            .behavior_version(aws_sdk_iam::config::BehaviorVersion::latest())
+            .region(aws_sdk_iam::config::Region::new("us-east-1"))
+            .endpoint_url(&self.endpoint)
+            .credentials_provider(aws_sdk_iam::config::Credentials::new(
+                TEST_ACCESS_KEY,
+                TEST_SECRET,
+                None,
+                None,
+                "test",
+            ))
+            .http_client(
+                aws_smithy_http_client::Builder::new()
+                    .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
+                        aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,
+                    ))
+                    .build_https(),
+            )
+            .build();
+        aws_sdk_iam::Client::from_conf(config)
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The exporter binary, started with settings from the environment.
+pub struct Exporter {
+    child: Child,
+    pub address: String,
+    logs: Arc<Mutex<Vec<String>>>,
+}
+
+impl Exporter {
+    /// Starts the exporter against `endpoint` on a free loopback port and waits until it
+    /// listens (not until it is ready).
+    pub fn start(endpoint: &str, env: &[(&str, &str)]) -> Exporter {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_iam-key-exporter"));
+        command
+            .args(["--web.listen-address", "127.0.0.1:0"])
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("AWS_ACCESS_KEY_ID", TEST_ACCESS_KEY)
+            .env("AWS_SECRET_ACCESS_KEY", TEST_SECRET)
+            .env("AWS_REGION", "us-east-1")
+            // No shared config files or instance metadata: only what the test gives.
+            .env("AWS_CONFIG_FILE", "/nonexistent")
+            .env("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env("IAM_KEY_EXPORTER_AWS__ENDPOINT_URL", endpoint)
+            .env("IAM_KEY_EXPORTER_AWS__MAX_ATTEMPTS", "2")
+            .env("IAM_KEY_EXPORTER_AWS__CALL_TIMEOUT", "5s")
+            .env("IAM_KEY_EXPORTER_SERVICE_ACCESS__POLL_INTERVAL", "100ms")
+            .env(
+                "IAM_KEY_EXPORTER_SERVICE_ACCESS__POLL_INTERVAL_MAX",
+                "200ms",
+            );
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        let mut child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start the exporter");
+
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let (address_tx, address_rx) = mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        let sink = logs.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if line.contains("listening")
+                    && let Some(address) = line.split("address=").nth(1)
+                {
+                    let _ = address_tx.send(address.split_whitespace().next().unwrap().to_string());
+                }
+                eprintln!("exporter: {line}");
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let address = address_rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the exporter logs its listen address");
+        Exporter {
+            child,
+            address,
+            logs,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.address)
+    }
+
+    pub fn get(&self, path: &str) -> HttpResponse {
+        http_get(&self.address, path, &[])
+    }
+
+    pub fn metrics(&self) -> Metrics {
+        Metrics::parse(&self.get("/metrics").text())
+    }
+
+    pub fn wait_ready(&self) {
+        wait_for("/-/ready", Duration::from_secs(60), || {
+            (self.get("/-/ready").status == 200).then_some(())
+        });
+    }
+
+    pub fn logs(&self) -> String {
+        self.logs.lock().unwrap().join("\n")
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends `signal` and waits for the exit status, at most `limit`.
+    pub fn signal_and_wait(
+        &mut self,
+        signal: &str,
+        limit: Duration,
+    ) -> Option<std::process::ExitStatus> {
+        let status = Command::new("kill")
+            .args([format!("-{signal}"), self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success());
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+}
+
+impl Drop for Exporter {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub struct HttpResponse {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl HttpResponse {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8(self.body.clone()).expect("UTF-8 body")
+    }
+}
+
+/// A plain HTTP/1.1 GET through ureq, which leaves the body as sent (no decompression).
+pub fn http_get(address: &str, path: &str, headers: &[(&str, &str)]) -> HttpResponse {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(10)))
+        .build()
+        .into();
+    let mut request = agent.get(format!("http://{address}{path}"));
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let mut response = request.call().expect("HTTP request");
+    let status = response.status().as_u16();
+    let headers = response
+        .headers()
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string()))
+        .collect();
+    let mut body = Vec::new();
+    response
+        .body_mut()
+        .as_reader()
+        .read_to_end(&mut body)
+        .expect("read body");
+    HttpResponse {
+        status,
+        headers,
+        body,
+    }
+}
+
+/// Series of an exposition, keyed by `name{label="value",...}` with labels sorted by name,
+/// as the exporter writes them.
+#[derive(Debug)]
+pub struct Metrics(pub BTreeMap<String, f64>);
+
+impl Metrics {
+    pub fn parse(text: &str) -> Metrics {
+        let mut series = BTreeMap::new();
+        for line in text
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+        {
+            let (key, value) = line.rsplit_once(' ').expect("series line");
+            series.insert(key.to_string(), value.parse().expect("numeric value"));
+        }
+        Metrics(series)
+    }
+
+    pub fn get(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        self.0.get(&series_key(name, labels)).copied()
+    }
+
+    pub fn value(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        self.get(name, labels)
+            .unwrap_or_else(|| panic!("no series {}", series_key(name, labels)))
+    }
+
+    /// Series of `name` whose labels include `label="value"`.
+    pub fn count_with(&self, name: &str, label: &str, value: &str) -> usize {
+        let needle = format!("{label}=\"{value}\"");
+        self.0
+            .keys()
+            .filter(|k| k.starts_with(&format!("{name}{{")) && k.contains(&needle))
+            .count()
+    }
+}
+
+pub fn series_key(name: &str, labels: &[(&str, &str)]) -> String {
+    if labels.is_empty() {
+        return name.to_string();
+    }
+    let mut labels = labels.to_vec();
+    labels.sort();
+    let inner: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
+    format!("{name}{{{}}}", inner.join(","))
+}
+
+/// `promtool check metrics` on `text`: its output, which must be empty for clean text.
+pub fn promtool_check_metrics(text: &str) -> Option<String> {
+    let promtool = which("promtool")?;
+    let mut child = Command::new(promtool)
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run promtool");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    let mut said = String::from_utf8_lossy(&output.stdout).to_string();
+    said.push_str(&String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "promtool check metrics failed: {said}"
+    );
+    Some(said)
+}
+
+/// A peer found on PATH, or None (after `require_peer`'s CI rule).
+pub fn which(name: &str) -> Option<PathBuf> {
+    let found = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join(name))
+            .find(|p| p.is_file())
+    });
+    match found {
+        Some(path) => Some(path),
+        None => {
+            require_peer(name, Path::new(&format!("$PATH/{name}")));
+            None
+        }
+    }
+}

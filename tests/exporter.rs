@@ -1,0 +1,446 @@
+//! The built exporter, scraped over HTTP: against a real IAM API (moto, seeded with past
+//! dates) for exact values, deletions and an outage; alone for readiness, timeouts, signals.
+
+mod common;
+
+use std::io::Read;
+use std::time::Duration;
+
+use common::*;
+
+fn sample() -> std::path::PathBuf {
+    root().join("tests/peers/sample-inventory.json")
+}
+
+fn assert_close(what: &str, got: f64, expected: f64, tolerance: f64) {
+    assert!(
+        (got - expected).abs() <= tolerance,
+        "{what}: got {got}, expected {expected} ± {tolerance}"
+    );
+}
+
+#[test]
+fn serves_every_seeded_key_with_exact_values() {
+    let Some(moto) = Moto::start(&sample()) else {
+        return;
+    };
+    let exporter = Exporter::start(&moto.endpoint, &[]);
+    exporter.wait_ready();
+    let account = moto.seeded["account_id"].as_str().unwrap();
+    let users = moto.seeded["users"].as_array().unwrap();
+
+    // Service counts arrive from their own loop shortly after the first inventory.
+    let completed_jobs = users
+        .iter()
+        .filter(|u| u["service_job"] == "completed")
+        .count() as f64;
+    let metrics = wait_for("service counts", Duration::from_secs(60), || {
+        let m = exporter.metrics();
+        let done = m.get(
+            "iam_key_exporter_service_access_last_run_timestamp_seconds",
+            &[],
+        );
+        (done.unwrap_or(0.0) > 0.0).then_some(m)
+    });
+    let now = now_secs();
+
+    let mut key_count = 0;
+    for user in users {
+        let name = user["name"].as_str().unwrap();
+        for key in user["keys"].as_array().unwrap() {
+            key_count += 1;
+            let id = key["access_key_id"].as_str().unwrap();
+            let labels = [
+                ("account_id", account),
+                ("user", name),
+                ("access_key_id", id),
+            ];
+            let created = key["create_date"].as_f64().unwrap();
+            assert_eq!(
+                metrics.value("aws_iam_access_key_created_timestamp_seconds", &labels),
+                created,
+                "{id} created"
+            );
+            assert_close(
+                &format!("{id} age"),
+                metrics.value("aws_iam_access_key_age_seconds", &labels),
+                now - created,
+                60.0,
+            );
+            let active = if key["status"] == "Active" { 1.0 } else { 0.0 };
+            assert_eq!(
+                metrics.value("aws_iam_access_key_active", &labels),
+                active,
+                "{id} active"
+            );
+            match key["last_used_date"].as_f64() {
+                Some(used) => {
+                    assert_eq!(metrics.value("aws_iam_access_key_never_used", &labels), 0.0);
+                    assert_eq!(
+                        metrics.value("aws_iam_access_key_last_used_timestamp_seconds", &labels),
+                        used,
+                        "{id} last used"
+                    );
+                    assert_close(
+                        &format!("{id} idle"),
+                        metrics.value("aws_iam_access_key_idle_seconds", &labels),
+                        now - used,
+                        60.0,
+                    );
+                    let service = key["last_used_service"].as_str().unwrap();
+                    let region = key["last_used_region"].as_str().unwrap();
+                    let info = [
+                        labels[0],
+                        labels[1],
+                        labels[2],
+                        ("last_used_service", service),
+                        ("last_used_region", region),
+                    ];
+                    assert_eq!(
+                        metrics.value("aws_iam_access_key_last_used_info", &info),
+                        1.0
+                    );
+                }
+                None => {
+                    assert_eq!(
+                        metrics.value("aws_iam_access_key_never_used", &labels),
+                        1.0,
+                        "{id}"
+                    );
+                    assert_eq!(
+                        metrics.get("aws_iam_access_key_last_used_timestamp_seconds", &labels),
+                        None,
+                        "{id} has no last-used timestamp"
+                    );
+                    assert_eq!(
+                        metrics.count_with(
+                            "aws_iam_access_key_last_used_info",
+                            "access_key_id",
+                            id
+                        ),
+                        0
+                    );
+                    // Idle since creation.
+                    assert_close(
+                        &format!("{id} idle"),
+                        metrics.value("aws_iam_access_key_idle_seconds", &labels),
+                        now - created,
+                        60.0,
+                    );
+                }
+            }
+        }
+        let user_labels = [("account_id", account), ("user", name)];
+        if user["service_job"] == "completed" {
+            assert_eq!(
+                metrics.value("aws_iam_user_services_accessed", &user_labels),
+                user["services_accessed"].as_f64().unwrap(),
+                "{name} accessed"
+            );
+            assert_eq!(
+                metrics.value("aws_iam_user_services_granted", &user_labels),
+                user["services_granted"].as_f64().unwrap(),
+                "{name} granted"
+            );
+        } else {
+            assert_eq!(
+                metrics.get("aws_iam_user_services_granted", &user_labels),
+                None,
+                "{name}"
+            );
+        }
+    }
+    assert!(key_count >= 5, "the sample has keys of every kind");
+    assert_eq!(
+        metrics.value("iam_key_exporter_snapshot_access_keys", &[]),
+        key_count as f64
+    );
+    assert_eq!(
+        metrics.value("iam_key_exporter_snapshot_users", &[]),
+        users.len() as f64
+    );
+    assert_eq!(metrics.value("iam_key_exporter_refresh_success", &[]), 1.0);
+    assert_eq!(
+        metrics.value(
+            "iam_key_exporter_service_access_jobs_total",
+            &[("result", "completed")]
+        ),
+        completed_jobs
+    );
+    assert_eq!(
+        metrics.value(
+            "iam_key_exporter_service_access_jobs_total",
+            &[("result", "failed")]
+        ),
+        (users.len() as f64) - completed_jobs
+    );
+    // One ListUsers call (moto returns a single page) and one ListAccessKeys per user.
+    assert_eq!(
+        metrics.value(
+            "iam_key_exporter_aws_requests_total",
+            &[("operation", "ListUsers")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        metrics.value(
+            "iam_key_exporter_aws_requests_total",
+            &[("operation", "ListAccessKeys")]
+        ),
+        users.len() as f64
+    );
+    assert_eq!(
+        metrics.value(
+            "iam_key_exporter_aws_requests_total",
+            &[("operation", "GetCallerIdentity")]
+        ),
+        1.0
+    );
+    assert!(metrics.get("process_resident_memory_bytes", &[]).unwrap() > 0.0);
+
+    // No secret reaches a label or a log line.
+    let text = exporter.get("/metrics").text();
+    assert!(!text.contains(TEST_SECRET));
+    assert!(!exporter.logs().contains(TEST_SECRET));
+
+    if let Some(said) = promtool_check_metrics(&text) {
+        assert_eq!(said, "", "promtool check metrics must be silent");
+    }
+}
+
+#[test]
+fn scrapes_are_gzipped_on_request_and_pages_are_served() {
+    let Some(moto) = Moto::start(&sample()) else {
+        return;
+    };
+    let exporter = Exporter::start(&moto.endpoint, &[]);
+    exporter.wait_ready();
+
+    let plain = exporter.get("/metrics");
+    assert_eq!(plain.status, 200);
+    assert_eq!(
+        plain.header("content-type"),
+        Some("text/plain; version=0.0.4; charset=utf-8")
+    );
+    assert_eq!(plain.header("content-encoding"), None);
+
+    let zipped = http_get(
+        &exporter.address,
+        "/metrics",
+        &[("Accept-Encoding", "gzip")],
+    );
+    assert_eq!(zipped.header("content-encoding"), Some("gzip"));
+    let mut text = String::new();
+    flate2::read::GzDecoder::new(&zipped.body[..])
+        .read_to_string(&mut text)
+        .expect("valid gzip");
+    let inventory = |t: &str| -> Vec<String> {
+        t.lines()
+            .filter(|l| l.starts_with("aws_iam_"))
+            .map(String::from)
+            .collect()
+    };
+    assert!(!inventory(&text).is_empty());
+    assert_eq!(
+        inventory(&text),
+        inventory(&plain.text()),
+        "same snapshot either way"
+    );
+
+    let landing = exporter.get("/");
+    assert_eq!(landing.status, 200);
+    let html = landing.text();
+    assert!(html.contains("<a href=\"/metrics\">"), "{html}");
+    assert!(html.contains(env!("CARGO_PKG_VERSION")));
+    assert!(html.contains("Last refresh: succeeded at"), "{html}");
+
+    assert_eq!(exporter.get("/-/healthy").status, 200);
+    assert_eq!(exporter.get("/nope").status, 404);
+}
+
+#[test]
+fn a_deleted_user_vanishes_at_the_next_refresh() {
+    let Some(moto) = Moto::start(&sample()) else {
+        return;
+    };
+    let exporter = Exporter::start(
+        &moto.endpoint,
+        &[("IAM_KEY_EXPORTER_REFRESH__INTERVAL", "1s")],
+    );
+    exporter.wait_ready();
+    let victim = &moto.seeded["users"][0];
+    let name = victim["name"].as_str().unwrap();
+    assert!(
+        exporter
+            .metrics()
+            .count_with("aws_iam_access_key_active", "user", name)
+            > 0
+    );
+
+    // Deleted as an operator would: keys first, then the user.
+    let iam = moto.iam_client();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        for key in victim["keys"].as_array().unwrap() {
+            iam.delete_access_key()
+                .user_name(name)
+                .access_key_id(key["access_key_id"].as_str().unwrap())
+                .send()
+                .await
+                .expect("DeleteAccessKey");
+        }
+        iam.delete_user()
+            .user_name(name)
+            .send()
+            .await
+            .expect("DeleteUser");
+    });
+
+    let metrics = wait_for(
+        "the user's series to vanish",
+        Duration::from_secs(30),
+        || {
+            let m = exporter.metrics();
+            (m.0.keys().all(|k| !k.contains(&format!("user=\"{name}\"")))).then_some(m)
+        },
+    );
+    let other = moto.seeded["users"][1]["name"].as_str().unwrap();
+    assert!(
+        metrics.count_with("aws_iam_access_key_active", "user", other) > 0,
+        "others stay"
+    );
+}
+
+#[test]
+fn an_iam_outage_keeps_the_last_good_data_and_says_so() {
+    let Some(mut moto) = Moto::start(&sample()) else {
+        return;
+    };
+    let exporter = Exporter::start(
+        &moto.endpoint,
+        &[("IAM_KEY_EXPORTER_REFRESH__INTERVAL", "1s")],
+    );
+    exporter.wait_ready();
+    let before = exporter.metrics();
+    let last_success = before.value(
+        "iam_key_exporter_last_refresh_success_timestamp_seconds",
+        &[],
+    );
+
+    moto.stop();
+    let during = wait_for("a failed refresh", Duration::from_secs(60), || {
+        let m = exporter.metrics();
+        (m.value("iam_key_exporter_refresh_success", &[]) == 0.0).then_some(m)
+    });
+    let inventory = |m: &Metrics| -> Vec<(String, f64)> {
+        m.0.iter()
+            .filter(|(k, _)| k.starts_with("aws_iam_access_key_active"))
+            .map(|(k, v)| (k.clone(), *v))
+            .collect()
+    };
+    assert_eq!(
+        inventory(&during),
+        inventory(&before),
+        "the last good data is still served"
+    );
+    assert!(!inventory(&during).is_empty());
+    assert!(during.value("iam_key_exporter_refresh_failures_total", &[]) >= 1.0);
+    assert!(
+        during.value(
+            "iam_key_exporter_last_refresh_success_timestamp_seconds",
+            &[]
+        ) <= last_success + 2.0,
+        "the data's age keeps growing"
+    );
+    assert!(
+        during
+            .0
+            .keys()
+            .any(|k| k.starts_with("iam_key_exporter_aws_errors_total{"))
+    );
+    assert_eq!(exporter.get("/-/ready").status, 200, "data is still served");
+    assert!(
+        exporter
+            .get("/")
+            .text()
+            .contains("Last refresh: <strong>failed</strong>")
+    );
+}
+
+#[test]
+fn not_ready_until_a_first_refresh_succeeds_and_never_exits_on_aws_errors() {
+    // Nothing listens on this endpoint: every call fails.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let exporter = Exporter::start(&endpoint, &[("IAM_KEY_EXPORTER_REFRESH__INTERVAL", "1s")]);
+
+    let metrics = wait_for("two failed refreshes", Duration::from_secs(60), || {
+        let m = exporter.metrics();
+        (m.get("iam_key_exporter_refresh_failures_total", &[])
+            .unwrap_or(0.0)
+            >= 2.0)
+            .then_some(m)
+    });
+    assert_eq!(metrics.value("iam_key_exporter_refresh_success", &[]), 0.0);
+    assert_eq!(
+        metrics.count_with("aws_iam_access_key_active", "account_id", "123456789012"),
+        0
+    );
+    assert_eq!(
+        metrics.value(
+            "iam_key_exporter_aws_errors_total",
+            &[("operation", "GetCallerIdentity"), ("code", "dispatch")]
+        ),
+        metrics.value("iam_key_exporter_refresh_failures_total", &[]),
+        "each refresh failed at its first call"
+    );
+    assert_eq!(exporter.get("/-/ready").status, 503);
+    assert_eq!(exporter.get("/-/healthy").status, 200);
+}
+
+#[test]
+fn sigterm_and_sigint_exit_zero_promptly() {
+    let Some(moto) = Moto::start(&sample()) else {
+        return;
+    };
+    for signal in ["TERM", "INT"] {
+        let mut exporter = Exporter::start(&moto.endpoint, &[]);
+        exporter.wait_ready();
+        let status = exporter
+            .signal_and_wait(signal, Duration::from_secs(10))
+            .unwrap_or_else(|| panic!("no exit within 10 s of SIG{signal}"));
+        assert!(status.success(), "SIG{signal}: {status:?}");
+        assert!(exporter.logs().contains("shutting down"));
+    }
+}
+
+#[test]
+fn a_client_that_never_sends_headers_is_disconnected() {
+    use std::io::Read as _;
+    // No AWS needed: the HTTP server answers whatever the refreshers do.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let exporter = Exporter::start(
+        &endpoint,
+        &[("IAM_KEY_EXPORTER_WEB__HEADER_READ_TIMEOUT", "1s")],
+    );
+
+    let mut idle = std::net::TcpStream::connect(&exporter.address).unwrap();
+    idle.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut buffer = Vec::new();
+    // The server closes the connection (EOF or reset) instead of holding it forever.
+    let _ = idle.read_to_end(&mut buffer);
+    assert!(
+        buffer.is_empty() || String::from_utf8_lossy(&buffer).starts_with("HTTP/1.1 408"),
+        "unexpected answer {:?}",
+        String::from_utf8_lossy(&buffer)
+    );
+    assert_eq!(
+        exporter.get("/-/healthy").status,
+        200,
+        "other clients are still served"
+    );
+}
