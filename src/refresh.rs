@@ -284,7 +284,69 @@ async fn refresh_service_access_once(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::inventory::{AccessKey, KeyStatus, User};
     use std::sync::atomic::{AtomicUsize, Ordering};
+
+    fn inventory(users: &[&str]) -> Inventory {
+        Inventory {
+            account_id: "123456789012".into(),
+            collected_at: SystemTime::now(),
+            users: users
+                .iter()
+                .map(|name| User {
+                    name: name.to_string(),
+                    arn: format!("arn:aws:iam::123456789012:user/{name}"),
+                    keys: vec![AccessKey {
+                        id: format!("AKIA{}", name.to_uppercase()),
+                        status: KeyStatus::Active,
+                        created: SystemTime::now(),
+                        last_used: None,
+                    }],
+                })
+                .collect(),
+        }
+    }
+
+    fn exposition(shared: &Shared) -> String {
+        String::from_utf8(shared.snapshot().unwrap().exposition.clone()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn service_counts_join_the_inventory_and_leave_with_their_user() {
+        let shared = Shared::new(Arc::new(ExporterMetrics::new()));
+        assert!(!shared.is_ready());
+        shared.publish_inventory(inventory(&["alice", "bob"])).await;
+        assert!(shared.is_ready());
+        assert_eq!(shared.metrics.snapshot_users.get(), 2);
+        assert!(!exposition(&shared).contains("aws_iam_user_services_granted"));
+
+        let counts = ServiceCounts {
+            accessed: 1,
+            granted: 4,
+        };
+        for arn in shared.user_arns().await {
+            shared.set_service_counts(arn, counts).await;
+        }
+        // Stored counts are published by the next snapshot, not before.
+        assert!(!exposition(&shared).contains("aws_iam_user_services_granted"));
+        shared.republish().await;
+        let text = exposition(&shared);
+        assert!(
+            text.contains(
+                "aws_iam_user_services_granted{account_id=\"123456789012\",user=\"bob\"} 4"
+            )
+        );
+
+        // bob is deleted: his keys and counts go with him, and do not come back later.
+        shared.publish_inventory(inventory(&["alice"])).await;
+        shared.republish().await;
+        let text = exposition(&shared);
+        assert!(!text.contains("user=\"bob\""), "{text}");
+        assert!(text.contains(
+            "aws_iam_user_services_granted{account_id=\"123456789012\",user=\"alice\"} 4"
+        ));
+        assert_eq!(shared.metrics.snapshot_access_keys.get(), 1);
+    }
 
     #[tokio::test(start_paused = true)]
     async fn every_runs_at_once_then_on_each_interval() {
