@@ -5,14 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+scripts/install-moto.sh
 venv=target/peers/venv
-if ! cmp -s tests/peers/requirements.txt "$venv/.requirements" 2>/dev/null; then
-    echo "installing moto into $venv"
-    rm -rf "$venv"
-    python3 -m venv "$venv"
-    "$venv/bin/pip" install --quiet --disable-pip-version-check -r tests/peers/requirements.txt
-    cp tests/peers/requirements.txt "$venv/.requirements"
-fi
 cargo build --release --locked
 
 # The peer prints one JSON line with its endpoint, then serves until its stdin reaches EOF.

@@ -6,15 +6,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+scripts/install-moto.sh
 venv=target/peers/venv
-stamp=$venv/.requirements
-if ! cmp -s tests/peers/requirements.txt "$stamp" 2>/dev/null; then
-    echo "installing moto into $venv"
-    rm -rf "$venv"
-    python3 -m venv "$venv"
-    "$venv/bin/pip" install --quiet --disable-pip-version-check -r tests/peers/requirements.txt
-    cp tests/peers/requirements.txt "$stamp"
-fi
 
 if ! command -v promtool >/dev/null 2>&1; then
     if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null 2>&1; then

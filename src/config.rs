@@ -36,8 +36,7 @@ pub struct WebSettings {
     pub header_read_timeout: Duration,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(try_from = "String")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogLevel {
     Error,
     Warn,
@@ -46,61 +45,25 @@ pub enum LogLevel {
     Trace,
 }
 
-impl TryFrom<String> for LogLevel {
-    type Error = String;
-    fn try_from(text: String) -> Result<Self, String> {
-        match text.as_str() {
-            "error" => Ok(LogLevel::Error),
-            "warn" => Ok(LogLevel::Warn),
-            "info" => Ok(LogLevel::Info),
-            "debug" => Ok(LogLevel::Debug),
-            "trace" => Ok(LogLevel::Trace),
-            _ => Err("expected one of error, warn, info, debug, trace".to_string()),
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(try_from = "String")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
     Text,
     Json,
 }
 
-impl TryFrom<String> for LogFormat {
-    type Error = String;
-    fn try_from(text: String) -> Result<Self, String> {
-        match text.as_str() {
-            "text" => Ok(LogFormat::Text),
-            "json" => Ok(LogFormat::Json),
-            _ => Err("expected one of text, json".to_string()),
-        }
-    }
-}
-
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LogSettings {
+    #[serde(deserialize_with = "keyword")]
     pub level: LogLevel,
+    #[serde(deserialize_with = "keyword")]
     pub format: LogFormat,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(try_from = "String")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RetryMode {
     Standard,
     Adaptive,
-}
-
-impl TryFrom<String> for RetryMode {
-    type Error = String;
-    fn try_from(text: String) -> Result<Self, String> {
-        match text.as_str() {
-            "standard" => Ok(RetryMode::Standard),
-            "adaptive" => Ok(RetryMode::Adaptive),
-            _ => Err("expected one of standard, adaptive".to_string()),
-        }
-    }
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -113,6 +76,7 @@ pub struct AwsSettings {
     /// Endpoint for IAM and STS, e.g. a local IAM server. `AWS_ENDPOINT_URL` also works.
     #[serde(default)]
     pub endpoint_url: Option<String>,
+    #[serde(deserialize_with = "keyword")]
     pub retry_mode: RetryMode,
     /// Attempts per call, the first one included.
     pub max_attempts: u32,
@@ -156,6 +120,46 @@ pub struct ServiceAccessSettings {
 fn duration<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
     let text = String::deserialize(deserializer)?;
     humantime::parse_duration(&text).map_err(serde::de::Error::custom)
+}
+
+/// A setting spelled as one of a few lowercase words.
+trait Keyword: Copy + 'static {
+    const CHOICES: &'static [(&'static str, Self)];
+}
+
+impl Keyword for LogLevel {
+    const CHOICES: &'static [(&'static str, Self)] = &[
+        ("error", LogLevel::Error),
+        ("warn", LogLevel::Warn),
+        ("info", LogLevel::Info),
+        ("debug", LogLevel::Debug),
+        ("trace", LogLevel::Trace),
+    ];
+}
+
+impl Keyword for LogFormat {
+    const CHOICES: &'static [(&'static str, Self)] =
+        &[("text", LogFormat::Text), ("json", LogFormat::Json)];
+}
+
+impl Keyword for RetryMode {
+    const CHOICES: &'static [(&'static str, Self)] = &[
+        ("standard", RetryMode::Standard),
+        ("adaptive", RetryMode::Adaptive),
+    ];
+}
+
+/// Reads a `Keyword`; a wrong word gets a message listing the right ones.
+fn keyword<'de, D: serde::Deserializer<'de>, T: Keyword>(deserializer: D) -> Result<T, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    T::CHOICES
+        .iter()
+        .find(|(word, _)| *word == text)
+        .map(|(_, value)| *value)
+        .ok_or_else(|| {
+            let words: Vec<&str> = T::CHOICES.iter().map(|(word, _)| *word).collect();
+            serde::de::Error::custom(format!("expected one of {}", words.join(", ")))
+        })
 }
 
 /// A configuration the exporter refuses to start with. Every variant names the key.
