@@ -2,7 +2,7 @@
 //! validated once at start so that a bad value stops the exporter before it serves anything.
 
 use std::fmt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use config::{Config, Environment, File, FileFormat, Value};
@@ -18,11 +18,41 @@ pub const ENV_PREFIX: &str = "IAM_KEY_EXPORTER";
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Settings {
+    pub source: SourceSettings,
     pub web: WebSettings,
     pub log: LogSettings,
     pub aws: AwsSettings,
     pub refresh: RefreshSettings,
     pub service_access: ServiceAccessSettings,
+}
+
+/// Where the inventory comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SourceKind {
+    /// ListUsers, ListAccessKeys and GetAccessKeyLastUsed for every key.
+    Api,
+    /// The credential report alone: keys are named by slot.
+    CredentialReport,
+    /// The report for last use, the API for users, key ids and keys newer than the report.
+    Auto,
+    /// A credential report file on disk; no AWS calls at all.
+    CredentialReportFile,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceSettings {
+    #[serde(deserialize_with = "keyword")]
+    pub kind: SourceKind,
+    /// The report file of `credential_report_file`; re-read when it changes.
+    #[serde(default)]
+    pub file: Option<PathBuf>,
+    /// A report older than this is regenerated. IAM regenerates at most every 4 hours.
+    #[serde(deserialize_with = "duration")]
+    pub report_max_age: Duration,
+    /// Waiting for IAM to generate a report gives up after this long.
+    #[serde(deserialize_with = "duration")]
+    pub report_timeout: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -125,6 +155,15 @@ fn duration<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Duratio
 /// A setting spelled as one of a few lowercase words.
 trait Keyword: Copy + 'static {
     const CHOICES: &'static [(&'static str, Self)];
+}
+
+impl Keyword for SourceKind {
+    const CHOICES: &'static [(&'static str, Self)] = &[
+        ("api", SourceKind::Api),
+        ("credential_report", SourceKind::CredentialReport),
+        ("auto", SourceKind::Auto),
+        ("credential_report_file", SourceKind::CredentialReportFile),
+    ];
 }
 
 impl Keyword for LogLevel {
@@ -318,6 +357,19 @@ fn check_duration(key: &'static str, value: Duration) -> Result<(), Invalid> {
 
 impl Settings {
     fn validate(&self) -> Result<(), Invalid> {
+        let source = &self.source;
+        if source.kind == SourceKind::CredentialReportFile {
+            let file = source.file.as_deref().unwrap_or(Path::new(""));
+            check(
+                file.is_file(),
+                "source.file",
+                file.display().to_string(),
+                "must name a readable credential report file when source.kind is credential_report_file",
+            )?;
+        }
+        check_duration("source.report_max_age", source.report_max_age)?;
+        check_duration("source.report_timeout", source.report_timeout)?;
+
         let web = &self.web;
         check(
             parse_listen_address(&web.listen_address).is_some(),

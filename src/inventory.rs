@@ -11,6 +11,18 @@ pub struct Inventory {
     /// When the refresh finished listing; ages are computed as of this instant.
     pub collected_at: SystemTime,
     pub users: Vec<User>,
+    /// What only the credential report or GetAccountSummary tell.
+    pub account: AccountFacts,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct AccountFacts {
+    /// GetAccountSummary's AccountAccessKeysPresent, or the report's root row.
+    pub root_access_keys_present: Option<bool>,
+    /// The root user as the credential report shows it (`<root_account>`), keys by slot.
+    pub root: Option<User>,
+    /// When the credential report the data came from was generated.
+    pub report_generated_at: Option<SystemTime>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -18,6 +30,17 @@ pub struct User {
     pub name: String,
     pub arn: String,
     pub keys: Vec<AccessKey>,
+    /// Console facts from the credential report; `None` from the API source.
+    pub login: Option<Login>,
+}
+
+/// A user's console sign-in facts, as the credential report has them.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Login {
+    pub mfa_active: Option<bool>,
+    /// `None` for the root user, whose report says `not_supported`.
+    pub password_enabled: Option<bool>,
+    pub password_last_used: Option<SystemTime>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

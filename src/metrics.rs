@@ -33,6 +33,11 @@ pub struct InventoryMetrics {
     pub key_last_used_info: GaugeVec,
     pub user_services_accessed: GaugeVec,
     pub user_services_granted: GaugeVec,
+    pub user_mfa_active: GaugeVec,
+    pub user_password_enabled: GaugeVec,
+    pub user_password_last_used_timestamp_seconds: GaugeVec,
+    pub root_access_keys_present: GaugeVec,
+    pub credential_report_generated_timestamp_seconds: GaugeVec,
 }
 
 impl Default for InventoryMetrics {
@@ -100,6 +105,36 @@ impl InventoryMetrics {
                 "aws_iam_user_services_granted",
                 "Services the user's policies allow, used or not.",
                 USER_LABELS,
+            ),
+            user_mfa_active: gauge_vec(
+                r,
+                "aws_iam_user_mfa_active",
+                "1 if the user has an MFA device, else 0 (credential report).",
+                USER_LABELS,
+            ),
+            user_password_enabled: gauge_vec(
+                r,
+                "aws_iam_user_password_enabled",
+                "1 if the user has a console password, else 0 (credential report).",
+                USER_LABELS,
+            ),
+            user_password_last_used_timestamp_seconds: gauge_vec(
+                r,
+                "aws_iam_user_password_last_used_timestamp_seconds",
+                "Unix time the user's console password was last used; absent if never (credential report).",
+                USER_LABELS,
+            ),
+            root_access_keys_present: gauge_vec(
+                r,
+                "aws_iam_root_access_keys_present",
+                "1 if the account's root user has access keys, else 0.",
+                &["account_id"],
+            ),
+            credential_report_generated_timestamp_seconds: gauge_vec(
+                r,
+                "aws_iam_credential_report_generated_timestamp_seconds",
+                "Unix time the credential report the data came from was generated; IAM regenerates it at most every 4 hours.",
+                &["account_id"],
             ),
             registry,
         }

@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwapOption;
 use futures_util::{StreamExt, stream};
-use tokio::sync::{Mutex, OnceCell, watch};
+use tokio::sync::{Mutex, watch};
 use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::config::{RefreshSettings, ServiceAccessSettings};
@@ -17,6 +17,7 @@ use crate::iam::{self, Clients, IamError, JobPolicy};
 use crate::inventory::{Inventory, ServiceCounts, ServiceCountsByArn, unix_seconds};
 use crate::metrics::ExporterMetrics;
 use crate::snapshot::Snapshot;
+use crate::source::Source;
 
 /// How the last inventory refresh ended, for the landing page.
 #[derive(Debug, Clone)]
@@ -151,30 +152,42 @@ where
     }
 }
 
-/// Refreshes the key inventory forever.
-pub async fn run_key_refresh(clients: Clients, settings: RefreshSettings, shared: Arc<Shared>) {
-    // The account id never changes for a set of credentials: asked once, then kept.
-    let account_id = OnceCell::new();
-    every(settings.interval, || {
-        refresh_keys_once(&clients, &settings, &shared, &account_id)
+/// How often a report file is checked for changes.
+const FILE_CHECK_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Refreshes the key inventory forever: every `settings.interval`, and for a report file
+/// also as soon as the file changes.
+pub async fn run_key_refresh(source: Arc<Source>, settings: RefreshSettings, shared: Arc<Shared>) {
+    let tick = match *source {
+        Source::File { .. } => settings.interval.min(FILE_CHECK_INTERVAL),
+        Source::Aws { .. } => settings.interval,
+    };
+    let mut last: Option<Instant> = None;
+    every(tick, || {
+        let due = last.is_none_or(|at| at.elapsed() >= settings.interval) || source.changed();
+        if due {
+            last = Some(Instant::now());
+        }
+        let (source, settings, shared) = (&source, &settings, &shared);
+        async move {
+            if due {
+                refresh_keys_once(source, settings, shared).await;
+            }
+        }
     })
     .await
 }
 
-async fn refresh_keys_once(
-    clients: &Clients,
+/// One inventory refresh, published if it succeeds; its outcome is recorded either way.
+/// Returns whether it succeeded.
+pub async fn refresh_keys_once(
+    source: &Source,
     settings: &RefreshSettings,
     shared: &Shared,
-    account_id: &OnceCell<String>,
-) {
+) -> bool {
     let metrics = &shared.metrics;
     let started = Instant::now();
-    let work = async {
-        let account = account_id
-            .get_or_try_init(|| iam::caller_account_id(&clients.sts, metrics))
-            .await?;
-        iam::collect_inventory(&clients.iam, metrics, account, settings.concurrency).await
-    };
+    let work = source.collect(metrics);
     let outcome = match tokio::time::timeout(settings.timeout, work).await {
         Ok(Ok(inventory)) => Ok(inventory),
         Ok(Err(err)) => Err(err.to_string()),
@@ -207,11 +220,13 @@ async fn refresh_keys_once(
             Some(error)
         }
     };
+    let succeeded = error.is_none();
     shared.last_refresh.store(Some(Arc::new(RefreshStatus {
         finished_at: SystemTime::now(),
         duration,
         error,
     })));
+    succeeded
 }
 
 /// Refreshes every user's service counts forever, starting after the first inventory.
@@ -302,8 +317,10 @@ mod tests {
                         created: SystemTime::now(),
                         last_used: None,
                     }],
+                    login: None,
                 })
                 .collect(),
+            account: Default::default(),
         }
     }
 

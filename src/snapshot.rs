@@ -34,7 +34,18 @@ fn render(inventory: &Inventory, service_counts: &ServiceCountsByArn) -> Vec<u8>
     let m = InventoryMetrics::new();
     let now = inventory.collected_at;
     let account = inventory.account_id.as_str();
-    for user in &inventory.users {
+    let facts = &inventory.account;
+    if let Some(present) = facts.root_access_keys_present {
+        m.root_access_keys_present
+            .with_label_values(&[account])
+            .set(flag(present));
+    }
+    if let Some(generated) = facts.report_generated_at {
+        m.credential_report_generated_timestamp_seconds
+            .with_label_values(&[account])
+            .set(unix_seconds(generated));
+    }
+    for user in inventory.users.iter().chain(&facts.root) {
         let user_labels = [account, user.name.as_str()];
         if let Some(counts) = service_counts.get(&user.arn) {
             m.user_services_accessed
@@ -43,6 +54,23 @@ fn render(inventory: &Inventory, service_counts: &ServiceCountsByArn) -> Vec<u8>
             m.user_services_granted
                 .with_label_values(&user_labels)
                 .set(f64::from(counts.granted));
+        }
+        if let Some(login) = &user.login {
+            if let Some(mfa) = login.mfa_active {
+                m.user_mfa_active
+                    .with_label_values(&user_labels)
+                    .set(flag(mfa));
+            }
+            if let Some(enabled) = login.password_enabled {
+                m.user_password_enabled
+                    .with_label_values(&user_labels)
+                    .set(flag(enabled));
+            }
+            if let Some(used) = login.password_last_used {
+                m.user_password_last_used_timestamp_seconds
+                    .with_label_values(&user_labels)
+                    .set(unix_seconds(used));
+            }
         }
         for key in &user.keys {
             let labels = [account, user.name.as_str(), key.id.as_str()];
@@ -54,14 +82,10 @@ fn render(inventory: &Inventory, service_counts: &ServiceCountsByArn) -> Vec<u8>
                 .set(key.idle(now).as_secs_f64().floor());
             m.key_never_used
                 .with_label_values(&labels)
-                .set(if key.last_used.is_none() { 1.0 } else { 0.0 });
+                .set(flag(key.last_used.is_none()));
             m.key_active
                 .with_label_values(&labels)
-                .set(if key.status == KeyStatus::Active {
-                    1.0
-                } else {
-                    0.0
-                });
+                .set(flag(key.status == KeyStatus::Active));
             m.key_created_timestamp_seconds
                 .with_label_values(&labels)
                 .set(unix_seconds(key.created));
@@ -82,6 +106,10 @@ fn render(inventory: &Inventory, service_counts: &ServiceCountsByArn) -> Vec<u8>
         }
     }
     m.render()
+}
+
+fn flag(value: bool) -> f64 {
+    if value { 1.0 } else { 0.0 }
 }
 
 #[cfg(test)]
@@ -123,13 +151,16 @@ mod tests {
                             last_used: None,
                         },
                     ],
+                    login: None,
                 },
                 User {
                     name: "nobody".into(),
                     arn: "arn:aws:iam::123456789012:user/nobody".into(),
                     keys: vec![],
+                    login: None,
                 },
             ],
+            account: Default::default(),
         }
     }
 

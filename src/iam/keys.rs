@@ -1,14 +1,18 @@
 //! The key inventory through the API: ListUsers, then per user ListAccessKeys and per key
-//! GetAccessKeyLastUsed, with bounded concurrency.
+//! GetAccessKeyLastUsed, with bounded concurrency. Given a credential report, a key the
+//! report already describes costs no GetAccessKeyLastUsed call.
 
-use std::time::SystemTime;
+use std::collections::HashMap;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use aws_sdk_iam::Client;
-use aws_sdk_iam::types::{AccessKeyMetadata, StatusType};
+use aws_sdk_iam::types::{AccessKeyMetadata, StatusType, SummaryKeyType};
 use futures_util::{StreamExt, TryStreamExt, stream};
 
+use super::report::CredentialReport;
 use super::{IamError, is_no_such_entity, observe, to_system_time};
-use crate::inventory::{AccessKey, Inventory, KeyStatus, LastUse, User};
+use crate::credential_report::ReportRow;
+use crate::inventory::{AccessKey, AccountFacts, Inventory, KeyStatus, LastUse, User};
 use crate::metrics::ExporterMetrics;
 
 /// IAM's largest page: 5,000 users cost 5 ListUsers calls instead of 50.
@@ -17,15 +21,28 @@ const PAGE_SIZE: i32 = 1000;
 /// Lists every user and key of the account. At most `concurrency` users are worked on at
 /// once, and a user's calls run one after another, so at most `concurrency` calls are in
 /// flight. Users and keys deleted while the refresh runs are skipped.
+///
+/// With a credential `report`, a key whose CreateDate matches one of its user's report
+/// slots takes its last use from the report; only keys created after the report need
+/// GetAccessKeyLastUsed. Users and key ids always come from the API, so the inventory is
+/// as current as the API source's; only last-use data can be as old as the report.
 pub async fn collect_inventory(
     iam: &Client,
     metrics: &ExporterMetrics,
     account_id: &str,
     concurrency: usize,
+    report: Option<&CredentialReport>,
 ) -> Result<Inventory, IamError> {
+    let root_access_keys_present = root_access_keys_present(iam, metrics).await?;
     let listed = list_users(iam, metrics).await?;
+    let rows: HashMap<&str, &ReportRow> = report
+        .map(|r| r.rows.iter().map(|row| (row.user.as_str(), row)).collect())
+        .unwrap_or_default();
     let users: Vec<Option<User>> = stream::iter(listed)
-        .map(|(name, arn)| collect_user(iam, metrics, name, arn))
+        .map(|(name, arn)| {
+            let row = rows.get(name.as_str()).copied();
+            collect_user(iam, metrics, name, arn, row)
+        })
         .buffered(concurrency.max(1))
         .try_collect()
         .await?;
@@ -33,7 +50,33 @@ pub async fn collect_inventory(
         account_id: account_id.to_string(),
         collected_at: SystemTime::now(),
         users: users.into_iter().flatten().collect(),
+        account: AccountFacts {
+            root_access_keys_present: Some(root_access_keys_present),
+            root: report
+                .and_then(|r| r.rows.iter().find(|row| row.is_root()))
+                .map(ReportRow::to_user_by_slot),
+            report_generated_at: report.map(|r| r.generated_at),
+        },
     })
+}
+
+/// GetAccountSummary's AccountAccessKeysPresent: current, and readable without the report.
+async fn root_access_keys_present(
+    iam: &Client,
+    metrics: &ExporterMetrics,
+) -> Result<bool, IamError> {
+    const OP: &str = "GetAccountSummary";
+    let output = observe(metrics, OP, iam.get_account_summary().send().await)
+        .map_err(|e| IamError::call(OP, &e))?;
+    let present = output
+        .summary_map
+        .as_ref()
+        .and_then(|map| map.get(&SummaryKeyType::AccountAccessKeysPresent))
+        .ok_or(IamError::Malformed {
+            operation: OP,
+            field: "SummaryMap.AccountAccessKeysPresent",
+        })?;
+    Ok(*present > 0)
 }
 
 async fn list_users(
@@ -60,6 +103,7 @@ async fn collect_user(
     metrics: &ExporterMetrics,
     name: String,
     arn: String,
+    report: Option<&ReportRow>,
 ) -> Result<Option<User>, IamError> {
     const OP: &str = "ListAccessKeys";
     let mut listed = Vec::new();
@@ -80,11 +124,56 @@ async fn collect_user(
     }
     let mut keys = Vec::with_capacity(listed.len());
     for metadata in listed {
-        if let Some(key) = collect_key(iam, metrics, &name, metadata).await? {
+        if let Some(key) = report.and_then(|row| from_report(row, &metadata)) {
+            keys.push(key);
+        } else if let Some(key) = collect_key(iam, metrics, &name, metadata).await? {
             keys.push(key);
         }
     }
-    Ok(Some(User { name, arn, keys }))
+    Ok(Some(User {
+        name,
+        arn,
+        keys,
+        login: report.map(ReportRow::login),
+    }))
+}
+
+/// The key with its last use from the report slot whose `last_rotated` is the key's
+/// CreateDate, to the second. `None`, so that the API is asked instead, when no slot or
+/// more than one matches (the key is newer than the report, or two keys were made in the
+/// same second), or when the report has a last-use date without its service and region.
+/// The key's id and current status always come from ListAccessKeys.
+fn from_report(row: &ReportRow, metadata: &AccessKeyMetadata) -> Option<AccessKey> {
+    let id = metadata.access_key_id.clone()?;
+    let created = SystemTime::try_from(*metadata.create_date.as_ref()?).ok()?;
+    let second = |t: SystemTime| t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).ok();
+    let mut matching = row
+        .keys
+        .iter()
+        .flatten()
+        .filter(|slot| second(slot.last_rotated) == second(created));
+    let slot = matching.next()?;
+    if matching.next().is_some() {
+        return None;
+    }
+    let unknown = |text: &str| matches!(text, "N/A" | "not_supported" | "no_information");
+    if slot.last_used.is_some()
+        && (unknown(&slot.last_used_service) || unknown(&slot.last_used_region))
+    {
+        return None;
+    }
+    let mut key = slot.to_access_key(id);
+    key.created = created;
+    key.status = status_of(metadata);
+    Some(key)
+}
+
+/// Only Active keys authenticate; Inactive and any status IAM adds later do not.
+fn status_of(metadata: &AccessKeyMetadata) -> KeyStatus {
+    match metadata.status {
+        Some(StatusType::Active) => KeyStatus::Active,
+        _ => KeyStatus::Inactive,
+    }
 }
 
 /// One key with its last use, or `None` when the key was deleted after ListAccessKeys.
@@ -96,6 +185,7 @@ async fn collect_key(
 ) -> Result<Option<AccessKey>, IamError> {
     const LIST: &str = "ListAccessKeys";
     const OP: &str = "GetAccessKeyLastUsed";
+    let status = status_of(&metadata);
     let id = metadata.access_key_id.ok_or(IamError::Malformed {
         operation: LIST,
         field: "AccessKeyId",
@@ -105,11 +195,6 @@ async fn collect_key(
         field: "CreateDate",
     })?;
     let created = to_system_time(LIST, "CreateDate", created)?;
-    // Only Active keys authenticate; Inactive and any status IAM adds later do not.
-    let status = match metadata.status {
-        Some(StatusType::Active) => KeyStatus::Active,
-        _ => KeyStatus::Inactive,
-    };
 
     let result = iam
         .get_access_key_last_used()

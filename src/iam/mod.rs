@@ -2,6 +2,7 @@
 //! every request, and turns SDK types into the plain data of `crate::inventory`.
 
 mod keys;
+mod report;
 mod service_access;
 #[cfg(test)]
 mod tests;
@@ -25,6 +26,7 @@ use crate::config::{AwsSettings, RetryMode};
 use crate::metrics::ExporterMetrics;
 
 pub use keys::collect_inventory;
+pub use report::{CredentialReport, ReportPolicy, credential_report};
 pub use service_access::{JobPolicy, service_counts};
 
 /// A failure talking to IAM or STS. Messages carry operation names, codes and ARNs,
@@ -46,6 +48,10 @@ pub enum IamError {
     JobFailed { arn: String, reason: String },
     #[error("service-last-accessed job for {arn} did not finish within {timeout:?}")]
     JobTimedOut { arn: String, timeout: Duration },
+    #[error(transparent)]
+    Report(#[from] crate::credential_report::ReportError),
+    #[error("the credential report was not generated within {timeout:?}")]
+    ReportTimedOut { timeout: Duration },
 }
 
 impl IamError {

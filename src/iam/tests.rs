@@ -8,13 +8,14 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use aws_sdk_iam::Client;
 use aws_sdk_iam::operation::generate_service_last_accessed_details::GenerateServiceLastAccessedDetailsOutput;
 use aws_sdk_iam::operation::get_access_key_last_used::GetAccessKeyLastUsedOutput;
+use aws_sdk_iam::operation::get_account_summary::GetAccountSummaryOutput;
 use aws_sdk_iam::operation::get_service_last_accessed_details::GetServiceLastAccessedDetailsOutput;
 use aws_sdk_iam::operation::list_access_keys::ListAccessKeysOutput;
 use aws_sdk_iam::operation::list_users::ListUsersOutput;
 use aws_sdk_iam::primitives::DateTime;
 use aws_sdk_iam::types::{
     AccessKeyLastUsed, AccessKeyMetadata, ErrorDetails, JobStatusType, ServiceLastAccessed,
-    StatusType, User,
+    StatusType, SummaryKeyType, User,
 };
 use aws_smithy_mocks::{Rule, RuleMode, mock, mock_client};
 use aws_smithy_runtime_api::http::{Response as HttpResponse, StatusCode};
@@ -27,11 +28,20 @@ const ACCOUNT: &str = "123456789012";
 const NOW: i64 = 1_767_225_600;
 const DAY: i64 = 86_400;
 
+/// A client answering `rules`, plus GetAccountSummary (every inventory asks it once).
 fn client(rules: &[&Rule], metrics: &Arc<ExporterMetrics>) -> Client {
     let counter = CountRequests {
         metrics: metrics.clone(),
     };
-    mock_client!(aws_sdk_iam, RuleMode::MatchAny, rules, |conf| conf
+    let summary = mock!(Client::get_account_summary).then_output(|| {
+        GetAccountSummaryOutput::builder()
+            .summary_map(SummaryKeyType::AccountAccessKeysPresent, 0)
+            .summary_map(SummaryKeyType::Users, 4)
+            .build()
+    });
+    let mut all = rules.to_vec();
+    all.push(&summary);
+    mock_client!(aws_sdk_iam, RuleMode::MatchAny, all, |conf| conf
         .interceptor(counter.clone()))
 }
 
@@ -190,7 +200,7 @@ async fn follows_every_page_of_users_and_keys() {
         ],
         &metrics,
     );
-    let inventory = collect_inventory(&iam, &metrics, ACCOUNT, 2).await.unwrap();
+    let inventory = collect_inventory(&iam, &metrics, ACCOUNT, 2, None).await.unwrap();
 
     let names: Vec<&str> = inventory.users.iter().map(|u| u.name.as_str()).collect();
     assert_eq!(
@@ -270,7 +280,7 @@ async fn users_and_keys_deleted_mid_refresh_are_skipped() {
         &[&users, &keys_stays, &keys_gone, &used, &revoked],
         &metrics,
     );
-    let inventory = collect_inventory(&iam, &metrics, ACCOUNT, 4).await.unwrap();
+    let inventory = collect_inventory(&iam, &metrics, ACCOUNT, 4, None).await.unwrap();
 
     assert_eq!(inventory.users.len(), 1, "the deleted user is skipped");
     assert_eq!(inventory.users[0].name, "stays");
@@ -297,7 +307,7 @@ async fn any_other_error_fails_the_refresh_with_its_code() {
 
     let metrics = Arc::new(ExporterMetrics::new());
     let iam = client(&[&users, &denied], &metrics);
-    let err = collect_inventory(&iam, &metrics, ACCOUNT, 4)
+    let err = collect_inventory(&iam, &metrics, ACCOUNT, 4, None)
         .await
         .unwrap_err();
 
