@@ -6,16 +6,18 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use aws_sdk_iam::Client;
+use aws_sdk_iam::operation::generate_credential_report::GenerateCredentialReportOutput;
 use aws_sdk_iam::operation::generate_service_last_accessed_details::GenerateServiceLastAccessedDetailsOutput;
 use aws_sdk_iam::operation::get_access_key_last_used::GetAccessKeyLastUsedOutput;
 use aws_sdk_iam::operation::get_account_summary::GetAccountSummaryOutput;
+use aws_sdk_iam::operation::get_credential_report::GetCredentialReportOutput;
 use aws_sdk_iam::operation::get_service_last_accessed_details::GetServiceLastAccessedDetailsOutput;
 use aws_sdk_iam::operation::list_access_keys::ListAccessKeysOutput;
 use aws_sdk_iam::operation::list_users::ListUsersOutput;
-use aws_sdk_iam::primitives::DateTime;
+use aws_sdk_iam::primitives::{Blob, DateTime};
 use aws_sdk_iam::types::{
-    AccessKeyLastUsed, AccessKeyMetadata, ErrorDetails, JobStatusType, ServiceLastAccessed,
-    StatusType, SummaryKeyType, User,
+    AccessKeyLastUsed, AccessKeyMetadata, ErrorDetails, JobStatusType, ReportFormatType,
+    ReportStateType, ServiceLastAccessed, StatusType, SummaryKeyType, User,
 };
 use aws_smithy_mocks::{Rule, RuleMode, mock, mock_client};
 use aws_smithy_runtime_api::http::{Response as HttpResponse, StatusCode};
@@ -200,7 +202,9 @@ async fn follows_every_page_of_users_and_keys() {
         ],
         &metrics,
     );
-    let inventory = collect_inventory(&iam, &metrics, ACCOUNT, 2, None).await.unwrap();
+    let inventory = collect_inventory(&iam, &metrics, ACCOUNT, 2, None)
+        .await
+        .unwrap();
 
     let names: Vec<&str> = inventory.users.iter().map(|u| u.name.as_str()).collect();
     assert_eq!(
@@ -280,7 +284,9 @@ async fn users_and_keys_deleted_mid_refresh_are_skipped() {
         &[&users, &keys_stays, &keys_gone, &used, &revoked],
         &metrics,
     );
-    let inventory = collect_inventory(&iam, &metrics, ACCOUNT, 4, None).await.unwrap();
+    let inventory = collect_inventory(&iam, &metrics, ACCOUNT, 4, None)
+        .await
+        .unwrap();
 
     assert_eq!(inventory.users.len(), 1, "the deleted user is skipped");
     assert_eq!(inventory.users[0].name, "stays");
@@ -502,5 +508,297 @@ async fn generate_errors_are_reported_with_their_code() {
             "AccessDenied"
         ),
         1
+    );
+}
+
+// The credential report.
+
+const REPORT_HEADER: &str = "user,arn,user_creation_time,password_enabled,password_last_used,password_last_changed,password_next_rotation,mfa_active,access_key_1_active,access_key_1_last_rotated,access_key_1_last_used_date,access_key_1_last_used_region,access_key_1_last_used_service,access_key_2_active,access_key_2_last_rotated,access_key_2_last_used_date,access_key_2_last_used_region,access_key_2_last_used_service,cert_1_active,cert_1_last_rotated,cert_2_active,cert_2_last_rotated";
+
+fn iso(secs: i64) -> String {
+    DateTime::from_secs(secs)
+        .fmt(aws_smithy_types::date_time::Format::DateTime)
+        .unwrap()
+        .replace('Z', "+00:00")
+}
+
+/// A report with a root row holding one never-used key, and alice with two keys: slot 1
+/// created 400 days ago and used 3 days ago in s3/eu-west-1, slot 2 inactive, never used.
+fn report_csv() -> String {
+    let root = format!(
+        "<root_account>,arn:aws:iam::{ACCOUNT}:root,{},not_supported,{},not_supported,not_supported,true,true,{},N/A,N/A,N/A,false,N/A,N/A,N/A,N/A,false,N/A,false,N/A",
+        iso(NOW - 2000 * DAY),
+        iso(NOW - 30 * DAY),
+        iso(NOW - 700 * DAY)
+    );
+    let alice = format!(
+        "alice,{},{},true,no_information,{},N/A,false,true,{},{},eu-west-1,s3,false,{},N/A,N/A,N/A,false,N/A,false,N/A",
+        arn("alice"),
+        iso(NOW - 1000 * DAY),
+        iso(NOW - 1000 * DAY),
+        iso(NOW - 400 * DAY),
+        iso(NOW - 3 * DAY),
+        iso(NOW - 50 * DAY)
+    );
+    format!("{REPORT_HEADER}\n{root}\n{alice}\n")
+}
+
+fn report_output(generated_hours_ago: i64) -> GetCredentialReportOutput {
+    GetCredentialReportOutput::builder()
+        .content(Blob::new(report_csv()))
+        .report_format(ReportFormatType::TextCsv)
+        .generated_time(DateTime::from_secs(
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap()
+                .as_secs() as i64
+                - generated_hours_ago * 3600,
+        ))
+        .build()
+}
+
+fn generate_state(state: ReportStateType) -> GenerateCredentialReportOutput {
+    GenerateCredentialReportOutput::builder()
+        .state(state)
+        .build()
+}
+
+const REPORT_POLICY: ReportPolicy = ReportPolicy {
+    max_age: Duration::from_secs(4 * 3600),
+    poll_interval: Duration::from_secs(1),
+    poll_interval_max: Duration::from_secs(4),
+    timeout: Duration::from_secs(60),
+};
+
+#[tokio::test]
+async fn a_report_younger_than_the_maximum_age_costs_one_call() {
+    let get = mock!(Client::get_credential_report).then_output(|| report_output(1));
+    let metrics = Arc::new(ExporterMetrics::new());
+    let iam = client(&[&get], &metrics);
+    let report = credential_report(&iam, &metrics, REPORT_POLICY)
+        .await
+        .unwrap();
+    assert_eq!(report.rows.len(), 2);
+    assert!(report.rows[0].is_root());
+    assert_eq!(get.num_calls(), 1);
+    assert_eq!(
+        requests(&metrics, "GenerateCredentialReport"),
+        0,
+        "the 4-hour rule"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_missing_report_is_generated_and_waited_for() {
+    let get = mock!(Client::get_credential_report)
+        .sequence()
+        .http_response(|| iam_error(410, "ReportNotPresent"))
+        .output(|| report_output(0))
+        .build();
+    let generate = mock!(Client::generate_credential_report)
+        .sequence()
+        .output(|| generate_state(ReportStateType::Started))
+        .output(|| generate_state(ReportStateType::Inprogress))
+        .output(|| generate_state(ReportStateType::Complete))
+        .build();
+    let metrics = Arc::new(ExporterMetrics::new());
+    let iam = client(&[&get, &generate], &metrics);
+    let started = tokio::time::Instant::now();
+    let report = credential_report(&iam, &metrics, REPORT_POLICY)
+        .await
+        .unwrap();
+    assert_eq!(report.rows.len(), 2);
+    assert_eq!((get.num_calls(), generate.num_calls()), (2, 3));
+    assert_eq!(
+        started.elapsed(),
+        Duration::from_secs(3),
+        "waits of 1 s and 2 s"
+    );
+    assert_eq!(
+        errors(&metrics, "GetCredentialReport", "ReportNotPresent"),
+        1
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_expired_report_is_regenerated_and_limit_exceeded_waited_out() {
+    let get = mock!(Client::get_credential_report)
+        .sequence()
+        .http_response(|| iam_error(410, "ReportExpired"))
+        .output(|| report_output(0))
+        .build();
+    let generate = mock!(Client::generate_credential_report)
+        .sequence()
+        .http_response(|| iam_error(409, "LimitExceeded"))
+        .output(|| generate_state(ReportStateType::Complete))
+        .build();
+    let metrics = Arc::new(ExporterMetrics::new());
+    let iam = client(&[&get, &generate], &metrics);
+    credential_report(&iam, &metrics, REPORT_POLICY)
+        .await
+        .unwrap();
+    assert_eq!((get.num_calls(), generate.num_calls()), (2, 2));
+    assert_eq!(
+        errors(&metrics, "GenerateCredentialReport", "LimitExceeded"),
+        1
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_report_in_progress_elsewhere_is_waited_for() {
+    let get = mock!(Client::get_credential_report)
+        .sequence()
+        .http_response(|| iam_error(404, "ReportInProgress"))
+        .output(|| report_output(0))
+        .build();
+    let generate = mock!(Client::generate_credential_report)
+        .then_output(|| generate_state(ReportStateType::Complete));
+    let metrics = Arc::new(ExporterMetrics::new());
+    let iam = client(&[&get, &generate], &metrics);
+    credential_report(&iam, &metrics, REPORT_POLICY)
+        .await
+        .unwrap();
+    assert_eq!((get.num_calls(), generate.num_calls()), (2, 1));
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_old_report_is_used_when_a_new_one_cannot_be_generated() {
+    let get = mock!(Client::get_credential_report).then_output(|| report_output(30));
+    let generate = mock!(Client::generate_credential_report)
+        .then_http_response(|| iam_error(403, "AccessDenied"));
+    let metrics = Arc::new(ExporterMetrics::new());
+    let iam = client(&[&get, &generate], &metrics);
+    let report = credential_report(&iam, &metrics, REPORT_POLICY)
+        .await
+        .unwrap();
+    let age = SystemTime::now()
+        .duration_since(report.generated_at)
+        .unwrap();
+    assert!(
+        age >= Duration::from_secs(30 * 3600),
+        "the old report, its age visible"
+    );
+    assert_eq!((get.num_calls(), generate.num_calls()), (1, 1));
+}
+
+#[tokio::test(start_paused = true)]
+async fn generation_gives_up_at_its_deadline_without_an_older_report() {
+    let get = mock!(Client::get_credential_report)
+        .then_http_response(|| iam_error(410, "ReportNotPresent"));
+    let generate = mock!(Client::generate_credential_report)
+        .then_output(|| generate_state(ReportStateType::Inprogress));
+    let metrics = Arc::new(ExporterMetrics::new());
+    let iam = client(&[&get, &generate], &metrics);
+    let err = credential_report(&iam, &metrics, REPORT_POLICY)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, IamError::ReportTimedOut { .. }), "{err:?}");
+}
+
+#[tokio::test]
+async fn a_malformed_report_is_a_clear_error() {
+    let get = mock!(Client::get_credential_report).then_output(|| {
+        GetCredentialReportOutput::builder()
+            .content(Blob::new(report_csv().replace(",mfa_active", "")))
+            .generated_time(DateTime::from_secs(NOW))
+            .build()
+    });
+    let metrics = Arc::new(ExporterMetrics::new());
+    let iam = client(&[&get], &metrics);
+    let policy = ReportPolicy {
+        max_age: Duration::MAX,
+        ..REPORT_POLICY
+    };
+    let err = credential_report(&iam, &metrics, policy).await.unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "credential report has no column \"mfa_active\""
+    );
+}
+
+#[tokio::test]
+async fn auto_takes_last_use_from_the_report_and_asks_only_for_newer_keys() {
+    let get = mock!(Client::get_credential_report).then_output(|| report_output(1));
+    let users = mock!(Client::list_users).then_output(|| {
+        ListUsersOutput::builder()
+            .users(user("alice"))
+            .users(user("newcomer"))
+            .build()
+            .unwrap()
+    });
+    // alice: slot 1's key (now Inactive: the API's status wins), slot 2's key was
+    // deleted since the report, and a key created after the report.
+    let keys_alice = mock!(Client::list_access_keys)
+        .match_requests(|r| r.user_name() == Some("alice"))
+        .then_output(|| {
+            ListAccessKeysOutput::builder()
+                .access_key_metadata(key(
+                    "alice",
+                    "AKIAALICEOLD0000001",
+                    StatusType::Inactive,
+                    400,
+                ))
+                .access_key_metadata(key("alice", "AKIAALICENEW0000001", StatusType::Active, 0))
+                .build()
+                .unwrap()
+        });
+    // newcomer is not in the report at all.
+    let keys_newcomer = mock!(Client::list_access_keys)
+        .match_requests(|r| r.user_name() == Some("newcomer"))
+        .then_output(|| {
+            ListAccessKeysOutput::builder()
+                .access_key_metadata(key("newcomer", "AKIANEWCOMER000001", StatusType::Active, 0))
+                .build()
+                .unwrap()
+        });
+    let last_used_api = mock!(Client::get_access_key_last_used).then_output(|| last_used(None));
+
+    let metrics = Arc::new(ExporterMetrics::new());
+    let iam = client(
+        &[&get, &users, &keys_alice, &keys_newcomer, &last_used_api],
+        &metrics,
+    );
+    let report = credential_report(&iam, &metrics, REPORT_POLICY)
+        .await
+        .unwrap();
+    let inventory = collect_inventory(&iam, &metrics, ACCOUNT, 2, Some(&report))
+        .await
+        .unwrap();
+
+    let alice = &inventory.users[0];
+    let old = &alice.keys[0];
+    assert_eq!(old.id, "AKIAALICEOLD0000001", "ids from the API");
+    assert_eq!(
+        old.status,
+        KeyStatus::Inactive,
+        "current status from the API"
+    );
+    let used = old.last_used.as_ref().expect("last use from the report");
+    assert_eq!(used.at, at(NOW - 3 * DAY));
+    assert_eq!(
+        (used.service.as_str(), used.region.as_str()),
+        ("s3", "eu-west-1")
+    );
+    assert_eq!(alice.keys.len(), 2, "the deleted slot-2 key is gone");
+    let login = alice.login.as_ref().unwrap();
+    assert_eq!(
+        (login.password_enabled, login.mfa_active),
+        (Some(true), Some(false))
+    );
+    assert_eq!(inventory.users[1].login, None, "not in the report");
+
+    // Only the two keys the report cannot describe cost GetAccessKeyLastUsed.
+    assert_eq!(last_used_api.num_calls(), 2);
+    let root = inventory.account.root.as_ref().expect("root row");
+    assert_eq!(root.keys[0].id, "slot1");
+    assert_eq!(root.keys[0].last_used, None);
+    assert_eq!(
+        inventory.account.root_access_keys_present,
+        Some(false),
+        "GetAccountSummary's word"
+    );
+    assert_eq!(
+        inventory.account.report_generated_at,
+        Some(report.generated_at)
     );
 }

@@ -3,28 +3,32 @@
 Usage:
     python moto_server.py --scenario FILE [--host 127.0.0.1] [--port 0]
                           [--verbose] [--ignore-stdin]
+    python moto_server.py --bench-users N [--scenario FILE] [...]
 
 What it does:
   1. Loads and validates a scenario JSON file (unknown fields are rejected).
-  2. Seeds moto's in-memory IAM backend with the users and access keys, then
-     backdates the model objects (user/key CreateDate, key last-used) to
-     "now minus N days". All seeded times are truncated to whole seconds,
-     as real IAM reports them, so the values that come back over HTTP equal
-     the ones printed below exactly.
+     With --bench-users N it also generates N users with 2 keys each.
+  2. Seeds moto's in-memory IAM backend with the users and access keys (and
+     console password, MFA device), then backdates the model objects (user/key
+     CreateDate, key and password last-used) to "now minus N days". All seeded
+     times are truncated to whole seconds, as real IAM reports them, so the
+     values that come back over HTTP equal the ones printed below exactly.
   3. Starts moto.server.ThreadedMotoServer (port 0 = a free port picked by
      the OS; the real port is read back from the bound socket, so there is
      no probe-then-bind race).
   4. Prints ONE JSON line to stdout describing what was seeded (endpoint,
-     account, users, keys, dates as epoch seconds). Never prints secrets.
-     Everything else goes to stderr.
+     account, users, keys, dates as epoch seconds; only counts in bench
+     mode). Never prints secrets. Everything else goes to stderr.
   5. Serves until stdin reaches EOF (the parent test process died or closed
      the pipe) or SIGTERM/SIGINT arrives, then stops the server and exits 0.
 
-TEST-SIDE EXTENSION: moto 5.2.5 does not implement
-GenerateServiceLastAccessedDetails / GetServiceLastAccessedDetails (it answers
-HTTP 500). This script adds both to moto's IamResponse class, serving
-service-last-accessed data from the scenario. See README.md for exactly what
-is and is not emulated.
+TEST-SIDE EXTENSIONS (see README.md for exactly what is and is not emulated):
+  - moto 5.2.5 does not implement GenerateServiceLastAccessedDetails /
+    GetServiceLastAccessedDetails (it answers HTTP 500). This script adds both
+    to moto's IamResponse class, serving data from the scenario.
+  - moto's GetCredentialReport always says GeneratedTime 2015-02-02T20:02:02Z.
+    This script records when GenerateCredentialReport started a report, keeps
+    it for IAM's 4 hours, and answers that time.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ import base64
 import json
 import logging
 import os
+import random
 import select
 import signal
 import sys
@@ -49,6 +54,12 @@ DEFAULT_REGION = "us-east-1"
 KEY_STATUSES = ("Active", "Inactive")
 JOB_OUTCOMES = ("completed", "failed")
 MAX_KEYS_PER_USER = 2  # the real IAM quota, also enforced by moto
+REPORT_MAX_AGE = timedelta(hours=4)  # IAM regenerates a credential report at most this often
+
+# Bench mode: where generated keys were "used".
+BENCH_SERVICES = (("s3", "Amazon S3"), ("ec2", "Amazon EC2"), ("lambda", "AWS Lambda"),
+                  ("dynamodb", "Amazon DynamoDB"), ("sts", "AWS Security Token Service"))
+BENCH_REGIONS = ("us-east-1", "eu-west-1", "eu-central-1", "ap-southeast-2")
 
 log = logging.getLogger("iam-peer")
 
@@ -98,6 +109,13 @@ def _str(obj: dict, key: str, where: str, default: str | None = None,
     return value
 
 
+def _bool(obj: dict, key: str, where: str) -> bool:
+    value = obj.get(key, False)
+    if not isinstance(value, bool):
+        raise ScenarioError(f"{where}.{key}: expected true or false")
+    return value
+
+
 def _list(obj: dict, key: str, where: str) -> list:
     value = obj.get(key, [])
     if not isinstance(value, list):
@@ -134,6 +152,9 @@ class UserSpec:
     path: str
     created_days_ago: float
     keys: list[KeySpec]
+    console_password: bool = False
+    password_last_used_days_ago: float | None = None
+    mfa: bool = False
     job: str = "completed"
     in_progress_polls: int = 1
     error_code: str | None = None
@@ -141,17 +162,27 @@ class UserSpec:
     services: list[ServiceSpec] = field(default_factory=list)
 
 
-def parse_scenario(doc: Any) -> tuple[str, list[UserSpec]]:
-    _fields(doc, "scenario", {"users"}, {"account_id"})
+@dataclass
+class Scenario:
+    account_id: str = DEFAULT_ACCOUNT_ID
+    users: list[UserSpec] = field(default_factory=list)
+    report_generated_hours_ago: float | None = None  # None: no credential report yet
+
+
+def parse_scenario(doc: Any) -> Scenario:
+    _fields(doc, "scenario", {"users"}, {"account_id", "credential_report_generated_hours_ago"})
     account_id = _str(doc, "account_id", "scenario", DEFAULT_ACCOUNT_ID)
     if not (account_id.isdigit() and len(account_id) == 12):
         raise ScenarioError("scenario.account_id: expected 12 digits")
+    # Hours, not days, but the same check: a non-negative number.
+    report_age = _days(doc, "credential_report_generated_hours_ago", "scenario")
 
     users: list[UserSpec] = []
     seen: set[str] = set()
     for i, u in enumerate(_list(doc, "users", "scenario")):
         w = f"users[{i}]"
-        _fields(u, w, {"name", "created_days_ago"}, {"path", "keys", "services"})
+        _fields(u, w, {"name", "created_days_ago"},
+                {"path", "keys", "services", "console_password", "password_last_used_days_ago", "mfa"})
         name = _str(u, "name", w)
         if name in seen:
             raise ScenarioError(f"{w}.name: duplicate user {name!r}")
@@ -182,7 +213,13 @@ def parse_scenario(doc: Any) -> tuple[str, list[UserSpec]]:
         if len(keys) > MAX_KEYS_PER_USER:
             raise ScenarioError(f"{w}.keys: IAM allows at most {MAX_KEYS_PER_USER} keys per user")
 
-        user = UserSpec(name=name, path=path, created_days_ago=user_age, keys=keys)
+        user = UserSpec(name=name, path=path, created_days_ago=user_age, keys=keys,
+                        console_password=_bool(u, "console_password", w),
+                        password_last_used_days_ago=_days(u, "password_last_used_days_ago", w),
+                        mfa=_bool(u, "mfa", w))
+        if user.password_last_used_days_ago is not None and not user.console_password:
+            raise ScenarioError(f"{w}.password_last_used_days_ago: needs console_password true")
+        _not_before(user.password_last_used_days_ago, user_age, f"{w}.password_last_used_days_ago")
         if "services" in u:
             sw = f"{w}.services"
             s = _fields(u["services"], sw, set(),
@@ -210,7 +247,39 @@ def parse_scenario(doc: Any) -> tuple[str, list[UserSpec]]:
                     region=_str(e, "region", ew, DEFAULT_REGION if ago is not None else None),
                 ))
         users.append(user)
-    return account_id, users
+    return Scenario(account_id, users, report_age)
+
+
+def bench_users(n: int) -> list[UserSpec]:
+    """N users bench-user-00000.. with 2 keys each, varied but deterministic.
+
+    Keys are created 1..900 days ago; every third key (by global key index)
+    was never used, the others were used since their creation with a service
+    and region from small lists; every tenth key is Inactive. Each user's
+    service-last-accessed job completes at once and lists the services its
+    keys used plus one never-accessed service.
+    """
+    users = []
+    for i in range(n):
+        rng = random.Random(i)  # a user looks the same whatever N is
+        keys, accessed = [], {}
+        for slot in range(MAX_KEYS_PER_USER):
+            j = MAX_KEYS_PER_USER * i + slot
+            created = float(rng.randint(1, 900))
+            used = None if j % 3 == 0 else round(rng.uniform(0.01, created), 2)
+            (namespace, name), region = rng.choice(BENCH_SERVICES), rng.choice(BENCH_REGIONS)
+            keys.append(KeySpec(created, "Inactive" if j % 10 == 9 else "Active", used,
+                                namespace if used else None, region if used else None))
+            if used is not None and (namespace not in accessed or used < accessed[namespace][1]):
+                accessed[namespace] = (name, used, region)
+        services = [ServiceSpec(ns, name, used, region)
+                    for ns, (name, used, region) in sorted(accessed.items())]
+        services.append(ServiceSpec("iam", "AWS Identity and Access Management", None, None))
+        users.append(UserSpec(
+            name=f"bench-user-{i:05d}", path="/bench/",
+            created_days_ago=max(k.created_days_ago for k in keys) + rng.randint(0, 60),
+            keys=keys, in_progress_polls=0, services=services))
+    return users
 
 
 # --------------------------------------------------------------------------
@@ -252,6 +321,14 @@ def seed(account_id: str, users: list[UserSpec], now: datetime) -> tuple[list[di
     for spec in users:
         user = backend.create_user(DEFAULT_REGION, spec.name, path=spec.path)
         user.create_date = ago(spec.created_days_ago)
+        if spec.console_password:
+            # A random password nobody needs: the peer never signs anyone in.
+            backend.create_login_profile(spec.name, uuid.uuid4().hex)
+        if spec.password_last_used_days_ago is not None:
+            user.password_last_used = ago(spec.password_last_used_days_ago)
+        if spec.mfa:
+            device = backend.create_virtual_mfa_device(spec.name, "/")
+            backend.enable_mfa_device(spec.name, device.serial_number, "123456", "654321")
         keys = []
         for k in spec.keys:
             key = backend.create_access_key(spec.name, status=k.status)
@@ -286,6 +363,9 @@ def seed(account_id: str, users: list[UserSpec], now: datetime) -> tuple[list[di
             "arn": user.arn,
             "path": user.path,
             "create_date": _epoch(user.create_date),
+            "password_enabled": user.password is not None,
+            "password_last_used": _epoch(user.password_last_used),
+            "mfa_active": bool(user.mfa_devices),
             "keys": keys,
             # Counts of what GetServiceLastAccessedDetails will serve (0 when
             # the job fails): "granted" = entries listed, "accessed" = those
@@ -413,6 +493,58 @@ def _decode_marker(marker: str | None, error: type[Exception]) -> int:
 
 
 # --------------------------------------------------------------------------
+# TEST-SIDE EXTENSION: credential report generation time
+# --------------------------------------------------------------------------
+
+# When the current report was generated, a naive UTC datetime kept on moto's
+# backend object (so a moto reset forgets it along with moto's own flag).
+_REPORT_TIME = "iam_peer_report_generated"
+
+
+def preset_credential_report(backend, generated: datetime) -> None:
+    """Start with a report generated at `generated` (scenario option)."""
+    backend.generate_report()
+    setattr(backend, _REPORT_TIME, _utc_seconds(generated))
+
+
+def install_credential_report() -> None:
+    """Replace moto's Generate/GetCredentialReport with a realistic clock.
+
+    Generate starts a report (State STARTED, time recorded) when there is
+    none or the recorded one is at least 4 hours old, and otherwise answers
+    COMPLETE without touching it. Get answers the recorded time as
+    GeneratedTime; the CSV is still built by moto at Get time.
+    """
+    from moto.core.responses import ActionResult
+    from moto.core.utils import utcnow
+    from moto.iam.responses import IamResponse
+
+    lock = threading.Lock()
+
+    def generate_credential_report(self: IamResponse) -> ActionResult:
+        now = _utc_seconds(utcnow())
+        with lock:
+            generated = getattr(self.backend, _REPORT_TIME, None)
+            if generated is not None and now - generated < REPORT_MAX_AGE:
+                return ActionResult({"State": "COMPLETE"})
+            preset_credential_report(self.backend, now)
+        if generated is None:  # moto's (and IAM's) wording for a first report
+            return ActionResult({"State": "STARTED", "Description":
+                                 "No report exists. Starting a new report generation task"})
+        return ActionResult({"State": "STARTED"})
+
+    def get_credential_report(self: IamResponse) -> ActionResult:
+        with lock:
+            generated = getattr(self.backend, _REPORT_TIME, None)
+        content = self.backend.get_credential_report()  # ReportNotPresent without a report
+        return ActionResult({"Content": content, "ReportFormat": "text/csv",
+                             "GeneratedTime": generated})
+
+    IamResponse.generate_credential_report = generate_credential_report
+    IamResponse.get_credential_report = get_credential_report
+
+
+# --------------------------------------------------------------------------
 # Server lifecycle
 # --------------------------------------------------------------------------
 
@@ -463,13 +595,20 @@ def wait_for_shutdown(watch_stdin: bool) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--scenario", required=True, help="scenario JSON file")
+    parser.add_argument("--scenario", help="scenario JSON file (optional with --bench-users)")
+    parser.add_argument("--bench-users", type=int, metavar="N",
+                        help="also seed N generated users with 2 keys each; the JSON line "
+                             "then only has counts")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0, help="0 = any free port")
     parser.add_argument("--verbose", action="store_true", help="log every HTTP request")
     parser.add_argument("--ignore-stdin", action="store_true",
                         help="do not exit on stdin EOF (for manual use, e.g. in the background)")
     args = parser.parse_args(argv)
+    if args.scenario is None and args.bench_users is None:
+        parser.error("--scenario is required unless --bench-users is given")
+    if args.bench_users is not None and args.bench_users < 1:
+        parser.error("--bench-users must be at least 1")
 
     logging.basicConfig(stream=sys.stderr, level=logging.INFO,
                         format="moto_server: %(message)s")
@@ -480,26 +619,45 @@ def main(argv: list[str] | None = None) -> int:
     real_stdout, sys.stdout = sys.stdout, sys.stderr
 
     try:
-        with open(args.scenario, encoding="utf-8") as f:
-            account_id, users = parse_scenario(json.load(f))
+        scenario = Scenario()
+        if args.scenario is not None:
+            with open(args.scenario, encoding="utf-8") as f:
+                scenario = parse_scenario(json.load(f))
+        if args.bench_users:
+            taken = {u.name for u in scenario.users}
+            bench = bench_users(args.bench_users)
+            if taken & {u.name for u in bench}:
+                raise ScenarioError("user names clash with --bench-users (bench-user-NNNNN)")
+            scenario.users += bench
     except (OSError, json.JSONDecodeError, ScenarioError) as exc:
         log.error("invalid scenario %s: %s", args.scenario, exc)
         return 2
+    account_id = scenario.account_id
 
     # Route every request to the scenario account, whatever credentials the
     # client signs with (moto otherwise maps unknown keys to 123456789012).
     os.environ["MOTO_ACCOUNT_ID"] = account_id
 
-    described, services_by_arn = seed(account_id, users, datetime.now(timezone.utc))
+    now = datetime.now(timezone.utc)
+    started = time.monotonic()
+    described, services_by_arn = seed(account_id, scenario.users, now)
+    log.info("seeded %d users in %.2f s", len(described), time.monotonic() - started)
+    if scenario.report_generated_hours_ago is not None:
+        from moto.iam.models import iam_backends
+        preset_credential_report(iam_backends[account_id]["aws"],
+                                 now - timedelta(hours=scenario.report_generated_hours_ago))
     install_service_last_accessed(services_by_arn)
+    install_credential_report()
     server = start_server(args.host, args.port)
     host, port = server.get_host_and_port()
     if host in ("0.0.0.0", "::"):
         host = "127.0.0.1"
     endpoint = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
-    real_stdout.write(json.dumps({"endpoint": endpoint, "account_id": account_id,
-                                  "users": described}) + "\n")
+    line = {"endpoint": endpoint, "account_id": account_id, "users": described}
+    if args.bench_users:  # thousands of users: counts only
+        line.update(users=len(described), keys=sum(len(u["keys"]) for u in described))
+    real_stdout.write(json.dumps(line) + "\n")
     real_stdout.flush()
     log.info("serving %d users on %s", len(described), endpoint)
 
