@@ -145,22 +145,29 @@ pub struct Exporter {
 }
 
 impl Exporter {
-    /// Starts the exporter against `endpoint` on a free loopback port and waits until it
-    /// listens (not until it is ready).
+    /// Starts the exporter against the IAM API at `endpoint` on a free loopback port and
+    /// waits until it listens (not until it is ready).
     pub fn start(endpoint: &str, env: &[(&str, &str)]) -> Exporter {
+        let mut all = vec![("IAM_KEY_EXPORTER_AWS__ENDPOINT_URL", endpoint)];
+        all.extend_from_slice(env);
+        Exporter::start_with(&[], &all)
+    }
+
+    /// Starts the exporter with extra flags and environment, without an IAM endpoint.
+    pub fn start_with(args: &[&str], env: &[(&str, &str)]) -> Exporter {
         let mut command = Command::new(env!("CARGO_BIN_EXE_iam-key-exporter"));
         command
             .args(["--web.listen-address", "127.0.0.1:0"])
+            .args(args)
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("AWS_ACCESS_KEY_ID", TEST_ACCESS_KEY)
             .env("AWS_SECRET_ACCESS_KEY", TEST_SECRET)
             .env("AWS_REGION", "us-east-1")
             // No shared config files or instance metadata: only what the test gives.
-            .env("AWS_CONFIG_FILE", "/nonexistent")
-            .env("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+            .env("AWS_CONFIG_FILE", "/dev/null")
+            .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
             .env("AWS_EC2_METADATA_DISABLED", "true")
-            .env("IAM_KEY_EXPORTER_AWS__ENDPOINT_URL", endpoint)
             .env("IAM_KEY_EXPORTER_AWS__MAX_ATTEMPTS", "2")
             .env("IAM_KEY_EXPORTER_AWS__CALL_TIMEOUT", "5s")
             .env("IAM_KEY_EXPORTER_SERVICE_ACCESS__POLL_INTERVAL", "100ms")

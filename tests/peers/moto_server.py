@@ -87,13 +87,13 @@ def _fields(obj: Any, where: str, required: set[str], optional: set[str]) -> dic
     return obj
 
 
-def _days(obj: dict, key: str, where: str) -> float | None:
+def _days(obj: dict, key: str, where: str, unit: str = "days") -> float | None:
     value = obj.get(key)
     if value is None:
         return None
     # bool is an int subclass in Python; "true days ago" is certainly a typo.
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-        raise ScenarioError(f"{where}.{key}: expected a non-negative number of days")
+        raise ScenarioError(f"{where}.{key}: expected a non-negative number of {unit}")
     return float(value)
 
 
@@ -174,8 +174,7 @@ def parse_scenario(doc: Any) -> Scenario:
     account_id = _str(doc, "account_id", "scenario", DEFAULT_ACCOUNT_ID)
     if not (account_id.isdigit() and len(account_id) == 12):
         raise ScenarioError("scenario.account_id: expected 12 digits")
-    # Hours, not days, but the same check: a non-negative number.
-    report_age = _days(doc, "credential_report_generated_hours_ago", "scenario")
+    report_age = _days(doc, "credential_report_generated_hours_ago", "scenario", "hours")
 
     users: list[UserSpec] = []
     seen: set[str] = set()
@@ -268,9 +267,12 @@ def bench_users(n: int) -> list[UserSpec]:
             created = float(rng.randint(1, 900))
             used = None if j % 3 == 0 else round(rng.uniform(0.01, created), 2)
             (namespace, name), region = rng.choice(BENCH_SERVICES), rng.choice(BENCH_REGIONS)
-            keys.append(KeySpec(created, "Inactive" if j % 10 == 9 else "Active", used,
-                                namespace if used else None, region if used else None))
-            if used is not None and (namespace not in accessed or used < accessed[namespace][1]):
+            status = "Inactive" if j % 10 == 9 else "Active"
+            if used is None:
+                keys.append(KeySpec(created, status, None, None, None))
+                continue
+            keys.append(KeySpec(created, status, used, namespace, region))
+            if namespace not in accessed or used < accessed[namespace][1]:
                 accessed[namespace] = (name, used, region)
         services = [ServiceSpec(ns, name, used, region)
                     for ns, (name, used, region) in sorted(accessed.items())]
@@ -528,7 +530,7 @@ def install_credential_report() -> None:
             if generated is not None and now - generated < REPORT_MAX_AGE:
                 return ActionResult({"State": "COMPLETE"})
             preset_credential_report(self.backend, now)
-        if generated is None:  # moto's (and IAM's) wording for a first report
+        if generated is None:  # moto's wording for a first report
             return ActionResult({"State": "STARTED", "Description":
                                  "No report exists. Starting a new report generation task"})
         return ActionResult({"State": "STARTED"})
@@ -638,12 +640,13 @@ def main(argv: list[str] | None = None) -> int:
     # client signs with (moto otherwise maps unknown keys to 123456789012).
     os.environ["MOTO_ACCOUNT_ID"] = account_id
 
+    from moto.iam.models import iam_backends
+
     now = datetime.now(timezone.utc)
     started = time.monotonic()
     described, services_by_arn = seed(account_id, scenario.users, now)
     log.info("seeded %d users in %.2f s", len(described), time.monotonic() - started)
     if scenario.report_generated_hours_ago is not None:
-        from moto.iam.models import iam_backends
         preset_credential_report(iam_backends[account_id]["aws"],
                                  now - timedelta(hours=scenario.report_generated_hours_ago))
     install_service_last_accessed(services_by_arn)
