@@ -7,9 +7,20 @@ use std::time::Duration;
 
 use common::*;
 
+/// One key of the sample file: user, slot, active, created, last used, service, region.
+type SampleKey = (
+    &'static str,
+    &'static str,
+    bool,
+    i64,
+    Option<i64>,
+    &'static str,
+    &'static str,
+);
+
 /// The sample file's keys, computed independently of the exporter (Python's csv and
-/// datetime): user, slot, active, created, last used, service, region.
-const SAMPLE_KEYS: &[(&str, &str, bool, i64, Option<i64>, &str, &str)] = &[
+/// datetime).
+const SAMPLE_KEYS: &[SampleKey] = &[
     (
         "<root_account>",
         "slot1",
@@ -264,7 +275,6 @@ fn a_changed_report_file_is_read_again_and_a_broken_one_keeps_the_last_good_data
 }
 
 fn key_values(metrics: &Metrics) -> Vec<(String, f64)> {
-    let now = now_secs();
     metrics
         .0
         .iter()
