@@ -288,7 +288,6 @@ fn key_values(metrics: &Metrics) -> Vec<(String, f64)> {
             } else {
                 *v
             };
-            let _ = now;
             (k.clone(), v)
         })
         .collect()
