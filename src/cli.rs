@@ -19,6 +19,15 @@ pub struct Cli {
     #[arg(long = "check-config")]
     pub check_config: bool,
 
+    /// Refresh once, print the exposition (or write it to --once.file) and exit; non-zero
+    /// if the refresh failed. For cron and node_exporter's textfile collector.
+    #[arg(long = "once")]
+    pub once: bool,
+
+    /// With --once: write the exposition to this file atomically instead of stdout.
+    #[arg(long = "once.file", value_name = "PATH", requires = "once")]
+    pub once_file: Option<PathBuf>,
+
     /// Address to listen on: host:port, or :port for every interface [default: :9887].
     #[arg(long = "web.listen-address", value_name = "ADDRESS")]
     pub listen_address: Option<String>,

@@ -287,22 +287,32 @@ fn load_with_env(
         .build()
         .map_err(|e| ConfigError::Invalid(e.to_string()))?;
 
-    let settings: Settings = serde_path_to_error::deserialize(merged.clone()).map_err(|err| {
-        let key = err.path().to_string();
-        let inner = err.inner().to_string();
-        // The path names the offending key, an unknown one included.
-        let value = merged.get::<Value>(&key).ok();
-        let origin = origin_note(&key, value.as_ref(), file, overrides, &env_keys);
-        let value = render_value(value.as_ref());
-        if inner.starts_with("unknown field") {
-            ConfigError::Invalid(format!("unknown key {key:?} = {value}{origin}"))
-        } else {
-            ConfigError::Invalid(format!(
-                "key {key:?} = {value}{origin}: {}",
-                strip_key_suffix(&inner)
-            ))
+    let mut settings: Settings =
+        serde_path_to_error::deserialize(merged.clone()).map_err(|err| {
+            let key = err.path().to_string();
+            let inner = err.inner().to_string();
+            // The path names the offending key, an unknown one included.
+            let value = merged.get::<Value>(&key).ok();
+            let origin = origin_note(&key, value.as_ref(), file, overrides, &env_keys);
+            let value = render_value(value.as_ref());
+            if inner.starts_with("unknown field") {
+                ConfigError::Invalid(format!("unknown key {key:?} = {value}{origin}"))
+            } else {
+                ConfigError::Invalid(format!(
+                    "key {key:?} = {value}{origin}: {}",
+                    strip_key_suffix(&inner)
+                ))
+            }
+        })?;
+    // Like Prometheus, a relative path in the configuration file is relative to that file.
+    if let (Some(config_file), Some(report)) = (file, settings.source.file.as_mut()) {
+        let set_elsewhere = overrides.iter().any(|(k, _)| *k == "source.file")
+            || env_keys.contains_key("source.file");
+        if report.is_relative() && !set_elsewhere {
+            let dir = config_file.parent().unwrap_or(Path::new(""));
+            *report = dir.join(&*report);
         }
-    })?;
+    }
     settings.validate().map_err(|invalid| {
         let value = merged.get::<Value>(invalid.key).ok();
         let origin = origin_note(invalid.key, value.as_ref(), file, overrides, &env_keys);
@@ -607,6 +617,21 @@ mod tests {
             }
         }
         assert!(seen >= 10, "only {seen} fixtures found");
+    }
+
+    #[test]
+    fn a_relative_report_file_is_relative_to_the_configuration_file() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("reports")).unwrap();
+        std::fs::write(dir.path().join("reports/r.csv"), "user\n").unwrap();
+        let config = dir.path().join("c.toml");
+        std::fs::write(
+            &config,
+            "[source]\nkind = \"credential_report_file\"\nfile = \"reports/r.csv\"\n",
+        )
+        .unwrap();
+        let s = load_with_env(Some(&config), &[], no_env()).unwrap();
+        assert_eq!(s.source.file, Some(dir.path().join("reports/r.csv")));
     }
 
     #[test]

@@ -4,6 +4,7 @@
 pub mod cli;
 pub mod config;
 pub mod credential_report;
+pub mod exposition;
 pub mod http;
 pub mod iam;
 pub mod inventory;
@@ -22,6 +23,9 @@ use crate::config::SourceKind;
 use crate::metrics::ExporterMetrics;
 use crate::refresh::Shared;
 use crate::source::Source;
+
+/// How stale the exporter's own metrics on `/metrics` may be.
+const OWN_METRICS_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Runs the exporter on `listener` until `shutdown` resolves: the refreshers start at
 /// once, the HTTP server answers from whatever they last published. On shutdown the
@@ -47,8 +51,61 @@ pub async fn run(settings: Settings, listener: TcpListener, shutdown: impl Futur
         ));
     }
 
+    // The exporter's own metrics (process CPU and memory above all) change between
+    // refreshes; re-assembling the exposition every few seconds keeps them current while
+    // scrapes only copy bytes.
+    let assembler = shared.clone();
+    refreshers.spawn(refresh::every(OWN_METRICS_INTERVAL, move || {
+        assembler.refresh_exposition();
+        std::future::ready(())
+    }));
+
     http::serve(listener, settings.web, shared, shutdown).await;
     refreshers.shutdown().await;
+}
+
+/// Why `--once` produced no exposition.
+#[derive(Debug, thiserror::Error)]
+pub enum OnceError {
+    #[error("refresh failed: {0}")]
+    Refresh(String),
+}
+
+/// One refresh (and, when enabled, one pass of service-access jobs), then the exposition:
+/// the inventory and the exporter's own metrics, without `process_*`. For cron jobs and
+/// node_exporter's textfile collector.
+pub async fn once(settings: Settings) -> Result<Vec<u8>, OnceError> {
+    let metrics = Arc::new(ExporterMetrics::without_process_metrics());
+    let shared = Shared::new(metrics.clone());
+    let source = build_source(&settings, metrics.clone()).await;
+    if !refresh::refresh_keys_once(&source, &settings.refresh, &shared).await {
+        let error = shared
+            .last_refresh()
+            .and_then(|status| status.error.clone())
+            .unwrap_or_default();
+        return Err(OnceError::Refresh(error));
+    }
+    if let (true, Some(clients)) = (settings.service_access.enabled, source.clients()) {
+        refresh::refresh_service_access_once(clients, &settings.service_access, &shared).await;
+    }
+    let mut body = shared
+        .snapshot()
+        .map(|s| s.exposition.clone())
+        .unwrap_or_default();
+    body.extend_from_slice(&metrics.render());
+    Ok(body)
+}
+
+/// Replaces `path` with `bytes` so that a reader sees the old file or the new one, never
+/// a partial one: written beside it, then renamed over it.
+pub fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut temporary = path.as_os_str().to_owned();
+    temporary.push(format!(".tmp.{}", std::process::id()));
+    let temporary = std::path::PathBuf::from(temporary);
+    std::fs::write(&temporary, bytes)?;
+    std::fs::rename(&temporary, path).inspect_err(|_| {
+        let _ = std::fs::remove_file(&temporary);
+    })
 }
 
 /// The configured source. A report file needs no AWS clients, so none are built for it.

@@ -1,7 +1,7 @@
 //! Entry point: parses flags, loads the configuration, sets up logging, binds the
 //! listener and wires SIGTERM/SIGINT to a graceful shutdown. The library does the rest.
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -30,7 +30,35 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     init_tracing(&settings);
+    if cli.once {
+        return once(settings, cli.once_file.as_deref());
+    }
     match serve(settings) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            tracing::error!("{err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[tokio::main]
+async fn once(settings: Settings, file: Option<&std::path::Path>) -> ExitCode {
+    let body = match iam_key_exporter::once(settings).await {
+        Ok(body) => body,
+        Err(err) => {
+            tracing::error!("{err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let written = match file {
+        Some(path) => iam_key_exporter::write_atomically(path, &body)
+            .with_context(|| format!("writing {}", path.display())),
+        None => std::io::stdout()
+            .write_all(&body)
+            .context("writing to standard output"),
+    };
+    match written {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             tracing::error!("{err:#}");

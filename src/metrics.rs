@@ -170,6 +170,16 @@ impl Default for ExporterMetrics {
 
 impl ExporterMetrics {
     pub fn new() -> Self {
+        Self::build(true)
+    }
+
+    /// Without `process_*`: for a textfile-collector file, where node_exporter already
+    /// exports those names for itself.
+    pub fn without_process_metrics() -> Self {
+        Self::build(false)
+    }
+
+    fn build(with_process_metrics: bool) -> Self {
         let registry = Registry::new();
         let register = |c: Box<dyn prometheus::core::Collector>| {
             registry
@@ -212,9 +222,13 @@ impl ExporterMetrics {
         register(Box::new(refresh_failures_total.clone()));
 
         #[cfg(target_os = "linux")]
-        register(Box::new(
-            prometheus::process_collector::ProcessCollector::for_self(),
-        ));
+        if with_process_metrics {
+            register(Box::new(
+                prometheus::process_collector::ProcessCollector::for_self(),
+            ));
+        }
+        #[cfg(not(target_os = "linux"))]
+        let _ = with_process_metrics;
 
         Self {
             refresh_success: int_gauge(

@@ -7,12 +7,13 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use arc_swap::ArcSwapOption;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use futures_util::{StreamExt, stream};
 use tokio::sync::{Mutex, watch};
 use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::config::{RefreshSettings, ServiceAccessSettings};
+use crate::exposition::{Exposition, GzipPrefix};
 use crate::iam::{self, Clients, IamError, JobPolicy};
 use crate::inventory::{Inventory, ServiceCounts, ServiceCountsByArn, unix_seconds};
 use crate::metrics::ExporterMetrics;
@@ -37,6 +38,10 @@ struct Collected {
 pub struct Shared {
     pub metrics: Arc<ExporterMetrics>,
     snapshot: ArcSwapOption<Snapshot>,
+    /// The bytes `/metrics` serves: the snapshot followed by the exporter's own metrics.
+    exposition: ArcSwap<Exposition>,
+    /// Held while an exposition is assembled, so an older one never replaces a newer one.
+    assembling: std::sync::Mutex<()>,
     last_refresh: ArcSwapOption<RefreshStatus>,
     /// Held while a snapshot is rendered and swapped in, so two publishers can never
     /// swap in their snapshots out of order.
@@ -47,7 +52,14 @@ pub struct Shared {
 
 impl Shared {
     pub fn new(metrics: Arc<ExporterMetrics>) -> Shared {
+        let own = metrics.render();
         Shared {
+            exposition: ArcSwap::from_pointee(Exposition::assemble(
+                &[],
+                &GzipPrefix::new(&[]),
+                &own,
+            )),
+            assembling: std::sync::Mutex::new(()),
             metrics,
             snapshot: ArcSwapOption::empty(),
             last_refresh: ArcSwapOption::empty(),
@@ -58,6 +70,24 @@ impl Shared {
 
     pub fn snapshot(&self) -> Option<Arc<Snapshot>> {
         self.snapshot.load_full()
+    }
+
+    /// What `/metrics` serves now; assembled ahead of scrapes by `refresh_exposition`.
+    pub fn exposition(&self) -> Arc<Exposition> {
+        self.exposition.load_full()
+    }
+
+    /// Assembles the exposition anew from the current snapshot and the exporter's own
+    /// metrics. Called after every refresh and on a short timer, so the scrape path never
+    /// formats anything.
+    pub fn refresh_exposition(&self) {
+        let _one_at_a_time = self.assembling.lock().expect("not poisoned");
+        let own = self.metrics.render();
+        let exposition = match self.snapshot() {
+            Some(s) => Exposition::assemble(&s.exposition, &s.gzip_prefix, &own),
+            None => Exposition::assemble(&[], &GzipPrefix::new(&[]), &own),
+        };
+        self.exposition.store(Arc::new(exposition));
     }
 
     pub fn last_refresh(&self) -> Option<Arc<RefreshStatus>> {
@@ -226,6 +256,7 @@ pub async fn refresh_keys_once(
         duration,
         error,
     })));
+    shared.refresh_exposition();
     succeeded
 }
 
@@ -242,7 +273,8 @@ pub async fn run_service_access_refresh(
     .await
 }
 
-async fn refresh_service_access_once(
+/// One pass over every user's service-last-accessed job, then a new snapshot.
+pub async fn refresh_service_access_once(
     clients: &Clients,
     settings: &ServiceAccessSettings,
     shared: &Shared,
@@ -294,6 +326,7 @@ async fn refresh_service_access_once(
     metrics
         .service_access_last_run_timestamp_seconds
         .set(unix_seconds(SystemTime::now()));
+    shared.refresh_exposition();
 }
 
 #[cfg(test)]

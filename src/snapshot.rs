@@ -3,6 +3,7 @@
 
 use std::time::SystemTime;
 
+use crate::exposition::GzipPrefix;
 use crate::inventory::{Inventory, KeyStatus, ServiceCountsByArn, unix_seconds};
 use crate::metrics::InventoryMetrics;
 
@@ -14,18 +15,22 @@ pub struct Snapshot {
     pub keys: usize,
     /// The inventory's series in the Prometheus text format.
     pub exposition: Vec<u8>,
+    /// The same, compressed once for every gzip response built from this snapshot.
+    pub gzip_prefix: GzipPrefix,
 }
 
 impl Snapshot {
     /// Renders `inventory` with the latest service counts. Counts of users no longer in the
     /// inventory are not rendered, so a deleted user's series vanish with the user.
     pub fn build(inventory: &Inventory, service_counts: &ServiceCountsByArn) -> Snapshot {
+        let exposition = render(inventory, service_counts);
         Snapshot {
             account_id: inventory.account_id.clone(),
             collected_at: inventory.collected_at,
             users: inventory.users.len(),
             keys: inventory.key_count(),
-            exposition: render(inventory, service_counts),
+            gzip_prefix: GzipPrefix::new(&exposition),
+            exposition,
         }
     }
 }

@@ -331,6 +331,7 @@ def seed(account_id: str, users: list[UserSpec], now: datetime) -> tuple[list[di
         if spec.mfa:
             device = backend.create_virtual_mfa_device(spec.name, "/")
             backend.enable_mfa_device(spec.name, device.serial_number, "123456", "654321")
+            device.enable_date = user.mfa_devices[device.serial_number].enable_date = ago(0)
         keys = []
         for k in spec.keys:
             key = backend.create_access_key(spec.name, status=k.status)
