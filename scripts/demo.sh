@@ -1,26 +1,17 @@
 #!/usr/bin/env bash
-# The README's quick start: a local IAM API (moto) seeded with the sample inventory of
-# tests/peers/sample-inventory.json, and the exporter refreshing from it. No AWS account
-# is used or needed. Open http://localhost:9887/metrics; Ctrl-C stops both.
+# The second example of the README: a local IAM API (moto) seeded with the sample inventory
+# of tests/peers/sample-inventory.json, and the exporter refreshing from it (the default
+# `auto` source). No AWS account is used or needed. Open http://localhost:9887/metrics;
+# Ctrl-C stops both.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 scripts/install-moto.sh
-venv=target/peers/venv
 cargo build --release --locked
 
-# The peer prints one JSON line with its endpoint, then serves until its stdin reaches EOF.
-# Its stdin is a FIFO whose only writer is fd 3, which the exporter inherits below: when
-# the exporter exits, however it exits, the peer exits too.
-fifo=target/peers/demo-stdin
-rm -f "$fifo" target/peers/demo-seed.json
-mkfifo "$fifo"
-exec 3<> "$fifo"
-"$venv/bin/python" tests/peers/moto_server.py --scenario tests/peers/sample-inventory.json \
-    --host 127.0.0.1 --port 0 < "$fifo" 3>&- > target/peers/demo-seed.json &
-rm -f "$fifo"
-for _ in $(seq 300); do [ -s target/peers/demo-seed.json ] && break; sleep 0.1; done
-endpoint=$("$venv/bin/python" -c 'import json,sys; print(json.load(open(sys.argv[1]))["endpoint"])' target/peers/demo-seed.json)
+. scripts/moto.sh
+start_moto --scenario tests/peers/sample-inventory.json
+endpoint=$MOTO_ENDPOINT
 echo "sample IAM API at $endpoint; exporter at http://localhost:9887/metrics"
 
 # Dummy credentials for the local API; no shared config files, no instance metadata lookups.

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use bytes::buf::{Buf, Chain};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
@@ -20,6 +21,13 @@ use tokio::net::TcpListener;
 
 use crate::config::{ListenAddress, WebSettings};
 use crate::refresh::Shared;
+
+/// Every response body: one or two shared buffers, written without being joined.
+type Body = Full<Chain<Bytes, Bytes>>;
+
+fn body(head: Bytes, tail: Bytes) -> Body {
+    Full::new(head.chain(tail))
+}
 
 /// The content type of the Prometheus text format.
 const TEXT_FORMAT: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -105,7 +113,7 @@ pub async fn serve(
     }
 }
 
-fn handle(req: &Request<Incoming>, web: &WebSettings, shared: &Shared) -> Response<Full<Bytes>> {
+fn handle(req: &Request<Incoming>, web: &WebSettings, shared: &Shared) -> Response<Body> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
         let mut response = plain(StatusCode::METHOD_NOT_ALLOWED, "Method not allowed\n");
         response
@@ -126,8 +134,8 @@ fn handle(req: &Request<Incoming>, web: &WebSettings, shared: &Shared) -> Respon
     }
 }
 
-fn plain(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+fn plain(status: StatusCode, text: &'static str) -> Response<Body> {
+    let mut response = Response::new(body(Bytes::from_static(text.as_bytes()), Bytes::new()));
     *response.status_mut() = status;
     response.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -138,15 +146,15 @@ fn plain(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
 
 /// Pre-assembled bytes: the snapshot's series, then the exporter's own metrics. Nothing
 /// is formatted or compressed here.
-fn metrics(req: &Request<Incoming>, shared: &Shared) -> Response<Full<Bytes>> {
+fn metrics(req: &Request<Incoming>, shared: &Shared) -> Response<Body> {
     let exposition = shared.exposition();
     let gzip = accepts_gzip(req.headers());
-    let body = if gzip {
+    let [head, tail] = if gzip {
         exposition.gzip.clone()
     } else {
         exposition.plain.clone()
     };
-    let mut response = Response::new(Full::new(body));
+    let mut response = Response::new(body(head, tail));
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(TEXT_FORMAT));
     headers.insert(header::VARY, HeaderValue::from_static("Accept-Encoding"));
@@ -175,7 +183,7 @@ fn accepts_gzip(headers: &hyper::HeaderMap) -> bool {
         })
 }
 
-fn landing_page(web: &WebSettings, shared: &Shared) -> Response<Full<Bytes>> {
+fn landing_page(web: &WebSettings, shared: &Shared) -> Response<Body> {
     let refresh = match shared.last_refresh() {
         None => "No refresh has finished yet.".to_string(),
         Some(status) => {
@@ -208,7 +216,7 @@ fn landing_page(web: &WebSettings, shared: &Shared) -> Response<Full<Bytes>> {
          <p>{refresh}</p>\n<p>{data}</p>\n</body>\n</html>\n",
         version = env!("CARGO_PKG_VERSION"),
     );
-    let mut response = Response::new(Full::new(Bytes::from(html)));
+    let mut response = Response::new(body(Bytes::from(html), Bytes::new()));
     response.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/html; charset=utf-8"),

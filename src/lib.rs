@@ -90,7 +90,7 @@ pub async fn once(settings: Settings) -> Result<Vec<u8>, OnceError> {
     }
     let mut body = shared
         .snapshot()
-        .map(|s| s.exposition.clone())
+        .map(|s| s.exposition.to_vec())
         .unwrap_or_default();
     body.extend_from_slice(&metrics.render());
     Ok(body)

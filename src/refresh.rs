@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use arc_swap::{ArcSwap, ArcSwapOption};
+use bytes::Bytes;
 use futures_util::{StreamExt, stream};
 use tokio::sync::{Mutex, watch};
 use tokio::time::{Instant, MissedTickBehavior};
@@ -55,9 +56,9 @@ impl Shared {
         let own = metrics.render();
         Shared {
             exposition: ArcSwap::from_pointee(Exposition::assemble(
-                &[],
+                &Bytes::new(),
                 &GzipPrefix::new(&[]),
-                &own,
+                own,
             )),
             assembling: std::sync::Mutex::new(()),
             metrics,
@@ -84,8 +85,8 @@ impl Shared {
         let _one_at_a_time = self.assembling.lock().expect("not poisoned");
         let own = self.metrics.render();
         let exposition = match self.snapshot() {
-            Some(s) => Exposition::assemble(&s.exposition, &s.gzip_prefix, &own),
-            None => Exposition::assemble(&[], &GzipPrefix::new(&[]), &own),
+            Some(s) => Exposition::assemble(&s.exposition, &s.gzip_prefix, own),
+            None => Exposition::assemble(&Bytes::new(), &GzipPrefix::new(&[]), own),
         };
         self.exposition.store(Arc::new(exposition));
     }
@@ -358,7 +359,7 @@ mod tests {
     }
 
     fn exposition(shared: &Shared) -> String {
-        String::from_utf8(shared.snapshot().unwrap().exposition.clone()).unwrap()
+        String::from_utf8(shared.snapshot().unwrap().exposition.to_vec()).unwrap()
     }
 
     #[tokio::test]

@@ -405,3 +405,82 @@ fn the_report_source_agrees_with_the_api_source_by_slot() {
         .sum();
     assert!(calls <= 5.0, "STS once, then the report: {calls} calls");
 }
+
+/// The sample scenario with a credential report already generated `hours` ago.
+fn scenario_with_report_age(dir: &std::path::Path, hours: f64) -> std::path::PathBuf {
+    let sample = std::fs::read_to_string(root().join("tests/peers/sample-inventory.json")).unwrap();
+    let mut scenario: serde_json::Value = serde_json::from_str(&sample).unwrap();
+    scenario["credential_report_generated_hours_ago"] = serde_json::json!(hours);
+    let path = dir.join(format!("report-{hours}h.json"));
+    std::fs::write(&path, scenario.to_string()).unwrap();
+    path
+}
+
+#[test]
+fn a_report_younger_than_four_hours_is_never_regenerated() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(moto) = Moto::start(&scenario_with_report_age(dir.path(), 1.0)) else {
+        return;
+    };
+    let exporter = Exporter::start(
+        &moto.endpoint,
+        &[
+            ("IAM_KEY_EXPORTER_SOURCE__KIND", "credential_report"),
+            ("IAM_KEY_EXPORTER_REFRESH__INTERVAL", "1s"),
+            ("IAM_KEY_EXPORTER_SERVICE_ACCESS__ENABLED", "false"),
+        ],
+    );
+    let calls = |m: &Metrics, op: &str| {
+        m.get("iam_key_exporter_aws_requests_total", &[("operation", op)])
+            .unwrap_or(0.0)
+    };
+    let metrics = wait_for("three refreshes", Duration::from_secs(30), || {
+        let m = exporter.metrics();
+        (calls(&m, "GetCredentialReport") >= 3.0).then_some(m)
+    });
+    assert_eq!(calls(&metrics, "GenerateCredentialReport"), 0.0);
+    let account = moto.seeded["account_id"].as_str().unwrap();
+    let generated = metrics.value(
+        "aws_iam_credential_report_generated_timestamp_seconds",
+        &[("account_id", account)],
+    );
+    assert!(
+        (now_secs() - 3600.0 - generated).abs() < 120.0,
+        "the report's own age: {generated}"
+    );
+}
+
+#[test]
+fn a_report_older_than_the_maximum_age_is_regenerated_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(moto) = Moto::start(&scenario_with_report_age(dir.path(), 5.0)) else {
+        return;
+    };
+    let exporter = Exporter::start(
+        &moto.endpoint,
+        &[
+            ("IAM_KEY_EXPORTER_SOURCE__KIND", "credential_report"),
+            ("IAM_KEY_EXPORTER_REFRESH__INTERVAL", "1s"),
+            ("IAM_KEY_EXPORTER_SERVICE_ACCESS__ENABLED", "false"),
+        ],
+    );
+    let calls = |m: &Metrics, op: &str| {
+        m.get("iam_key_exporter_aws_requests_total", &[("operation", op)])
+            .unwrap_or(0.0)
+    };
+    let metrics = wait_for("four refreshes", Duration::from_secs(30), || {
+        let m = exporter.metrics();
+        (calls(&m, "GetCredentialReport") >= 5.0).then_some(m)
+    });
+    // One generation: STARTED, then COMPLETE; later refreshes find the new report fresh.
+    assert_eq!(calls(&metrics, "GenerateCredentialReport"), 2.0);
+    let account = moto.seeded["account_id"].as_str().unwrap();
+    let generated = metrics.value(
+        "aws_iam_credential_report_generated_timestamp_seconds",
+        &[("account_id", account)],
+    );
+    assert!(
+        (now_secs() - generated).abs() < 120.0,
+        "a new report: {generated}"
+    );
+}

@@ -38,18 +38,24 @@ pub async fn collect_inventory(
     let rows: HashMap<&str, &ReportRow> = report
         .map(|r| r.rows.iter().map(|row| (row.user.as_str(), row)).collect())
         .unwrap_or_default();
-    let users: Vec<Option<User>> = stream::iter(listed)
-        .map(|(name, arn)| {
-            let row = rows.get(name.as_str()).copied();
-            collect_user(iam, metrics, name, arn, row)
-        })
-        .buffered(concurrency.max(1))
-        .try_collect()
-        .await?;
+    // Unordered, so a slow user never holds a slot that a finished one could use; the
+    // index restores IAM's order afterwards.
+    let mut users: Vec<(usize, Option<User>)> =
+        stream::iter(listed.into_iter().enumerate())
+            .map(|(index, (name, arn))| {
+                let row = rows.get(name.as_str()).copied();
+                async move {
+                    Ok::<_, IamError>((index, collect_user(iam, metrics, name, arn, row).await?))
+                }
+            })
+            .buffer_unordered(concurrency.max(1))
+            .try_collect()
+            .await?;
+    users.sort_unstable_by_key(|(index, _)| *index);
     Ok(Inventory {
         account_id: account_id.to_string(),
         collected_at: SystemTime::now(),
-        users: users.into_iter().flatten().collect(),
+        users: users.into_iter().filter_map(|(_, user)| user).collect(),
         account: AccountFacts {
             root_access_keys_present: Some(root_access_keys_present),
             root: report

@@ -510,6 +510,31 @@ def preset_credential_report(backend, generated: datetime) -> None:
     setattr(backend, _REPORT_TIME, _utc_seconds(generated))
 
 
+def fill_last_used_columns(backend, content: str) -> str:
+    """Put each used key's last-used region and service into the report.
+
+    moto writes `not_supported` into access_key_N_last_used_region/_service even for
+    a used key; real IAM writes the region and service, as GetAccessKeyLastUsed does.
+    Keys are matched to slots the way moto numbers them: in the user's key order.
+    """
+    import csv
+    import io
+
+    rows = list(csv.reader(io.StringIO(content)))
+    header = rows[0]
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(header)
+    for row in rows[1:]:
+        user = backend.users.get(row[header.index("user")])
+        for slot, key in enumerate(user.access_keys[:2] if user else [], start=1):
+            if key.last_used is not None:
+                row[header.index(f"access_key_{slot}_last_used_region")] = key.last_used.region
+                row[header.index(f"access_key_{slot}_last_used_service")] = key.last_used.service
+        writer.writerow(row)
+    return out.getvalue()
+
+
 def install_credential_report() -> None:
     """Replace moto's Generate/GetCredentialReport with a realistic clock.
 
@@ -540,8 +565,8 @@ def install_credential_report() -> None:
         with lock:
             generated = getattr(self.backend, _REPORT_TIME, None)
         content = self.backend.get_credential_report()  # ReportNotPresent without a report
-        return ActionResult({"Content": content, "ReportFormat": "text/csv",
-                             "GeneratedTime": generated})
+        return ActionResult({"Content": fill_last_used_columns(self.backend, content),
+                             "ReportFormat": "text/csv", "GeneratedTime": generated})
 
     IamResponse.generate_credential_report = generate_credential_report
     IamResponse.get_credential_report = get_credential_report

@@ -1,0 +1,103 @@
+#!/usr/bin/env bash
+# The benchmarks behind BENCHMARKS.md, against moto seeded with 5,000 users x 2 keys (the
+# account maximum). Prints every run and the medians. Takes about 5 minutes after the
+# release build. RUNS (default 5) sets the runs per measurement.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+runs=${RUNS:-5}
+
+scripts/install-moto.sh
+if ! command -v wrk >/dev/null 2>&1; then
+    apt-get install -y -qq wrk >/dev/null
+fi
+cargo build --release --locked --benches
+exe=target/release/iam-key-exporter
+
+. scripts/moto.sh
+start_moto --bench-users 5000
+echo "moto with 5,000 users x 2 keys at $MOTO_ENDPOINT"
+
+export AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=bench AWS_REGION=us-east-1
+export AWS_EC2_METADATA_DISABLED=true AWS_CONFIG_FILE=/dev/null AWS_SHARED_CREDENTIALS_FILE=/dev/null
+export IAM_KEY_EXPORTER_AWS__ENDPOINT_URL=$MOTO_ENDPOINT
+export IAM_KEY_EXPORTER_SERVICE_ACCESS__ENABLED=false
+
+median() { sort -g | awk '{v[NR]=$1} END {print (NR % 2) ? v[(NR+1)/2] : (v[NR/2]+v[NR/2+1])/2}'; }
+metric() { grep "^$1 " | cut -d' ' -f2; }
+calls() { grep '^iam_key_exporter_aws_requests_total{' | grep -v GetCallerIdentity | awk '{s+=$2} END {print s}'; }
+
+echo
+echo "== IAM calls and wall time per refresh (--once; STS excluded; the first run may generate the report)"
+for kind in credential_report auto api; do
+    durations=()
+    # The API source makes 15,000 calls a run (about a minute against moto): fewer runs.
+    n=$runs
+    [ "$kind" = api ] && n=3
+    for i in $(seq "$n"); do
+        out=$(IAM_KEY_EXPORTER_SOURCE__KIND=$kind "$exe" --once --log.level warn)
+        duration=$(metric iam_key_exporter_refresh_duration_seconds <<<"$out")
+        echo "$kind run $i: $(calls <<<"$out") calls, $duration s"
+        [ "$i" -gt 1 ] && durations+=("$duration")
+    done
+    echo "$kind: median of runs 2-$n: $(printf '%s\n' "${durations[@]}" | median) s"
+done
+
+echo
+echo "== API source against a plain concurrent client (same calls, same server)"
+for concurrency in 4 16; do
+    plain=()
+    exporter=()
+    for i in $(seq 2); do
+        plain+=("$(cargo bench -q --locked --bench plain_client -- "$MOTO_ENDPOINT" "$concurrency" | awk '{print $(NF-1)}')")
+        out=$(IAM_KEY_EXPORTER_SOURCE__KIND=api IAM_KEY_EXPORTER_REFRESH__CONCURRENCY=$concurrency "$exe" --once --log.level warn)
+        exporter+=("$(metric iam_key_exporter_refresh_duration_seconds <<<"$out")")
+    done
+    echo "concurrency $concurrency: plain client median $(printf '%s\n' "${plain[@]}" | median) s, exporter median $(printf '%s\n' "${exporter[@]}" | median) s"
+done
+
+echo
+echo "== Start to ready"
+ready_time() {
+    local port=$1; shift
+    local start end pid
+    start=$(date +%s%N)
+    "$@" --web.listen-address "127.0.0.1:$port" --log.level warn 3>&- &
+    pid=$!
+    until curl -sf "http://127.0.0.1:$port/-/ready" >/dev/null 2>&1; do sleep 0.005; done
+    end=$(date +%s%N)
+    kill "$pid"; wait "$pid" || true
+    echo "scale=3; ($end - $start) / 1000000000" | bc
+}
+for kind in credential_report auto; do
+    times=()
+    for i in $(seq "$runs"); do
+        times+=("$(IAM_KEY_EXPORTER_SOURCE__KIND=$kind ready_time 19887 "$exe")")
+    done
+    echo "$kind: ${times[*]} s; median $(printf '%s\n' "${times[@]}" | median) s"
+done
+times=()
+for i in $(seq "$runs"); do
+    times+=("$(ready_time 19887 "$exe" --config.file config/sample-report.toml)")
+done
+echo "credential_report_file (sample): ${times[*]} s; median $(printf '%s\n' "${times[@]}" | median) s"
+
+echo
+echo "== /metrics with 10,000 keys under wrk, 32 connections (auto source)"
+IAM_KEY_EXPORTER_SOURCE__KIND=auto "$exe" --web.listen-address 127.0.0.1:19888 --log.level warn 3>&- &
+daemon=$!
+trap 'kill $daemon 2>/dev/null || true' EXIT
+until curl -sf http://127.0.0.1:19888/-/ready >/dev/null 2>&1; do sleep 0.05; done
+keys=$(curl -s http://127.0.0.1:19888/metrics | metric iam_key_exporter_snapshot_access_keys)
+echo "keys in the snapshot: $keys; body: $(curl -s http://127.0.0.1:19888/metrics | wc -c) bytes plain, $(curl -s -H 'Accept-Encoding: gzip' http://127.0.0.1:19888/metrics | wc -c) bytes gzip"
+echo "after the first refresh: $(grep -E 'VmHWM|VmRSS' /proc/$daemon/status | tr -s ' \n' ' ')"
+for encoding in gzip identity; do
+    for i in $(seq 3); do
+        wrk -t2 -c32 -d10s --latency -H "Accept-Encoding: $encoding" http://127.0.0.1:19888/metrics \
+            | awk -v e="$encoding" -v i="$i" '/^ +50%/ {p50=$2} /^ +99%/ {p99=$2} /^Requests\/sec/ {rps=$2} /Non-2xx|Socket errors/ {err=err" "$0} END {print e" run "i": p50 "p50", p99 "p99", "rps" req/s"err}'
+    done
+done
+echo "after the load: $(grep -E 'VmHWM|VmRSS' /proc/$daemon/status | tr -s ' \n' ' ')"
+
+echo
+echo "== Credential report parsing (criterion)"
+cargo bench -q --locked --bench report_parse 2>&1 | grep -E "time:|parse credential"
