@@ -24,15 +24,10 @@ export IAM_KEY_EXPORTER_SERVICE_ACCESS__ENABLED=false
 
 median() { sort -g | awk '{v[NR]=$1} END {print (NR % 2) ? v[(NR+1)/2] : (v[NR/2]+v[NR/2+1])/2}'; }
 metric() { grep "^$1 " | cut -d' ' -f2; }
-calls() { grep '^iam_key_exporter_aws_requests_total{' | grep -v GetCallerIdentity | awk '{s+=$2} END {print s}'; }
-
-echo
-echo "== IAM calls and wall time per refresh (--once; STS excluded; the first run may generate the report)"
-for kind in credential_report auto; do
-    durations=()
-    # The API source makes 15,000 calls a run (about a minute against moto): fewer runs.
-    n=$runs
-    [ "$kind" = api ] && n=3
+# refresh_runs KIND N: N one-shot refreshes of source KIND; the median leaves out run 1,
+# which may have generated the report.
+refresh_runs() {
+    local kind=$1 n=$2 durations=() out duration
     for i in $(seq "$n"); do
         out=$(IAM_KEY_EXPORTER_SOURCE__KIND=$kind "$exe" --once --log.level warn)
         duration=$(metric iam_key_exporter_refresh_duration_seconds <<<"$out")
@@ -40,7 +35,13 @@ for kind in credential_report auto; do
         [ "$i" -gt 1 ] && durations+=("$duration")
     done
     echo "$kind: median of runs 2-$n: $(printf '%s\n' "${durations[@]}" | median) s"
-done
+}
+calls() { grep '^iam_key_exporter_aws_requests_total{' | grep -v GetCallerIdentity | awk '{s+=$2} END {print s}'; }
+
+echo
+echo "== IAM calls and wall time per refresh (--once; STS excluded; the first run may generate the report)"
+refresh_runs credential_report "$runs"
+refresh_runs auto "$runs"
 
 echo
 echo "== Start to ready"
@@ -93,19 +94,8 @@ cargo bench -q --locked --bench report_parse 2>&1 | grep -E "time:|parse credent
 
 echo
 echo "== The API source: 15,000 calls a run"
-for kind in api; do
-    durations=()
-    # The API source makes 15,000 calls a run (about a minute against moto): fewer runs.
-    n=$runs
-    [ "$kind" = api ] && n=3
-    for i in $(seq "$n"); do
-        out=$(IAM_KEY_EXPORTER_SOURCE__KIND=$kind "$exe" --once --log.level warn)
-        duration=$(metric iam_key_exporter_refresh_duration_seconds <<<"$out")
-        echo "$kind run $i: $(calls <<<"$out") calls, $duration s"
-        [ "$i" -gt 1 ] && durations+=("$duration")
-    done
-    echo "$kind: median of runs 2-$n: $(printf '%s\n' "${durations[@]}" | median) s"
-done
+# 15,000 calls a run, about 100 s against moto: three runs.
+refresh_runs api 3
 
 echo
 echo "== API source against a plain concurrent client (same calls, same server)"

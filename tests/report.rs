@@ -320,13 +320,12 @@ fn the_auto_source_agrees_with_the_api_source() {
     assert_eq!(key_values(&from_auto), key_values(&from_api));
     assert!(key_values(&from_api).len() > 20);
     // The report was used: it was fetched, and never-used keys cost no GetAccessKeyLastUsed.
-    let calls = |m: &Metrics, op: &str| {
-        m.get("iam_key_exporter_aws_requests_total", &[("operation", op)])
-            .unwrap_or(0.0)
-    };
-    assert!(calls(&from_auto, "GetCredentialReport") >= 1.0);
-    assert!(calls(&from_auto, "GetAccessKeyLastUsed") < calls(&from_api, "GetAccessKeyLastUsed"));
-    assert_eq!(calls(&from_api, "GetCredentialReport"), 0.0);
+    assert!(from_auto.aws_requests("GetCredentialReport") >= 1.0);
+    assert!(
+        from_auto.aws_requests("GetAccessKeyLastUsed")
+            < from_api.aws_requests("GetAccessKeyLastUsed")
+    );
+    assert_eq!(from_api.aws_requests("GetCredentialReport"), 0.0);
 }
 
 #[test]
@@ -406,22 +405,18 @@ fn the_report_source_agrees_with_the_api_source_by_slot() {
     assert!(calls <= 5.0, "STS once, then the report: {calls} calls");
 }
 
-/// The sample scenario with a credential report already generated `hours` ago.
-fn scenario_with_report_age(dir: &std::path::Path, hours: f64) -> std::path::PathBuf {
+/// Runs the `credential_report` source every second against the sample scenario with a
+/// report already generated `hours` ago, until it has fetched the report `fetches` times.
+/// Returns the metrics then, and how old the report they describe was, in hours.
+fn report_source_on_a_report_aged(hours: f64, fetches: f64) -> Option<(Metrics, f64)> {
+    let dir = tempfile::tempdir().unwrap();
     let sample = std::fs::read_to_string(root().join("tests/peers/sample-inventory.json")).unwrap();
     let mut scenario: serde_json::Value = serde_json::from_str(&sample).unwrap();
     scenario["credential_report_generated_hours_ago"] = serde_json::json!(hours);
-    let path = dir.join(format!("report-{hours}h.json"));
+    let path = dir.path().join("scenario.json");
     std::fs::write(&path, scenario.to_string()).unwrap();
-    path
-}
 
-#[test]
-fn a_report_younger_than_four_hours_is_never_regenerated() {
-    let dir = tempfile::tempdir().unwrap();
-    let Some(moto) = Moto::start(&scenario_with_report_age(dir.path(), 1.0)) else {
-        return;
-    };
+    let moto = Moto::start(&path)?;
     let exporter = Exporter::start(
         &moto.endpoint,
         &[
@@ -430,57 +425,36 @@ fn a_report_younger_than_four_hours_is_never_regenerated() {
             ("IAM_KEY_EXPORTER_SERVICE_ACCESS__ENABLED", "false"),
         ],
     );
-    let calls = |m: &Metrics, op: &str| {
-        m.get("iam_key_exporter_aws_requests_total", &[("operation", op)])
-            .unwrap_or(0.0)
-    };
-    let metrics = wait_for("three refreshes", Duration::from_secs(30), || {
+    let metrics = wait_for("the report fetches", Duration::from_secs(30), || {
         let m = exporter.metrics();
-        (calls(&m, "GetCredentialReport") >= 3.0).then_some(m)
+        (m.aws_requests("GetCredentialReport") >= fetches).then_some(m)
     });
-    assert_eq!(calls(&metrics, "GenerateCredentialReport"), 0.0);
     let account = moto.seeded["account_id"].as_str().unwrap();
     let generated = metrics.value(
         "aws_iam_credential_report_generated_timestamp_seconds",
         &[("account_id", account)],
     );
+    Some((metrics, (now_secs() - generated) / 3600.0))
+}
+
+#[test]
+fn a_report_younger_than_four_hours_is_never_regenerated() {
+    let Some((metrics, age_hours)) = report_source_on_a_report_aged(1.0, 3.0) else {
+        return;
+    };
+    assert_eq!(metrics.aws_requests("GenerateCredentialReport"), 0.0);
     assert!(
-        (now_secs() - 3600.0 - generated).abs() < 120.0,
-        "the report's own age: {generated}"
+        (age_hours - 1.0).abs() < 0.05,
+        "the report's own age: {age_hours} h"
     );
 }
 
 #[test]
 fn a_report_older_than_the_maximum_age_is_regenerated_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let Some(moto) = Moto::start(&scenario_with_report_age(dir.path(), 5.0)) else {
+    let Some((metrics, age_hours)) = report_source_on_a_report_aged(5.0, 5.0) else {
         return;
     };
-    let exporter = Exporter::start(
-        &moto.endpoint,
-        &[
-            ("IAM_KEY_EXPORTER_SOURCE__KIND", "credential_report"),
-            ("IAM_KEY_EXPORTER_REFRESH__INTERVAL", "1s"),
-            ("IAM_KEY_EXPORTER_SERVICE_ACCESS__ENABLED", "false"),
-        ],
-    );
-    let calls = |m: &Metrics, op: &str| {
-        m.get("iam_key_exporter_aws_requests_total", &[("operation", op)])
-            .unwrap_or(0.0)
-    };
-    let metrics = wait_for("four refreshes", Duration::from_secs(30), || {
-        let m = exporter.metrics();
-        (calls(&m, "GetCredentialReport") >= 5.0).then_some(m)
-    });
     // One generation: STARTED, then COMPLETE; later refreshes find the new report fresh.
-    assert_eq!(calls(&metrics, "GenerateCredentialReport"), 2.0);
-    let account = moto.seeded["account_id"].as_str().unwrap();
-    let generated = metrics.value(
-        "aws_iam_credential_report_generated_timestamp_seconds",
-        &[("account_id", account)],
-    );
-    assert!(
-        (now_secs() - generated).abs() < 120.0,
-        "a new report: {generated}"
-    );
+    assert_eq!(metrics.aws_requests("GenerateCredentialReport"), 2.0);
+    assert!(age_hours.abs() < 0.05, "a new report: {age_hours} h old");
 }

@@ -342,6 +342,15 @@ impl Metrics {
             .unwrap_or_else(|| panic!("no series {}", series_key(name, labels)))
     }
 
+    /// `iam_key_exporter_aws_requests_total` of `operation`; 0 before its first call.
+    pub fn aws_requests(&self, operation: &str) -> f64 {
+        self.get(
+            "iam_key_exporter_aws_requests_total",
+            &[("operation", operation)],
+        )
+        .unwrap_or(0.0)
+    }
+
     /// Series of `name` whose labels include `label="value"`.
     pub fn count_with(&self, name: &str, label: &str, value: &str) -> usize {
         let needle = format!("{label}=\"{value}\"");
