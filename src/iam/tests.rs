@@ -557,6 +557,15 @@ fn report_output(generated_hours_ago: i64) -> GetCredentialReportOutput {
         .build()
 }
 
+/// GetCredentialReport answering IAM's error `code` once, then a report just generated.
+fn get_report_after(status: u16, code: &'static str) -> Rule {
+    mock!(Client::get_credential_report)
+        .sequence()
+        .http_response(move || iam_error(status, code))
+        .output(|| report_output(0))
+        .build()
+}
+
 fn generate_state(state: ReportStateType) -> GenerateCredentialReportOutput {
     GenerateCredentialReportOutput::builder()
         .state(state)
@@ -590,11 +599,7 @@ async fn a_report_younger_than_the_maximum_age_costs_one_call() {
 
 #[tokio::test(start_paused = true)]
 async fn a_missing_report_is_generated_and_waited_for() {
-    let get = mock!(Client::get_credential_report)
-        .sequence()
-        .http_response(|| iam_error(410, "ReportNotPresent"))
-        .output(|| report_output(0))
-        .build();
+    let get = get_report_after(410, "ReportNotPresent");
     let generate = mock!(Client::generate_credential_report)
         .sequence()
         .output(|| generate_state(ReportStateType::Started))
@@ -622,11 +627,7 @@ async fn a_missing_report_is_generated_and_waited_for() {
 
 #[tokio::test(start_paused = true)]
 async fn an_expired_report_is_regenerated_and_limit_exceeded_waited_out() {
-    let get = mock!(Client::get_credential_report)
-        .sequence()
-        .http_response(|| iam_error(410, "ReportExpired"))
-        .output(|| report_output(0))
-        .build();
+    let get = get_report_after(410, "ReportExpired");
     let generate = mock!(Client::generate_credential_report)
         .sequence()
         .http_response(|| iam_error(409, "LimitExceeded"))
@@ -646,11 +647,7 @@ async fn an_expired_report_is_regenerated_and_limit_exceeded_waited_out() {
 
 #[tokio::test(start_paused = true)]
 async fn a_report_in_progress_elsewhere_is_waited_for() {
-    let get = mock!(Client::get_credential_report)
-        .sequence()
-        .http_response(|| iam_error(404, "ReportInProgress"))
-        .output(|| report_output(0))
-        .build();
+    let get = get_report_after(404, "ReportInProgress");
     let generate = mock!(Client::generate_credential_report)
         .then_output(|| generate_state(ReportStateType::Complete));
     let metrics = Arc::new(ExporterMetrics::new());
