@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 use std::sync::Mutex;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use tokio::sync::OnceCell;
 
@@ -15,8 +15,8 @@ use crate::inventory::Inventory;
 use crate::metrics::ExporterMetrics;
 
 /// The first wait while IAM generates a report; it doubles up to the maximum.
-const REPORT_POLL: std::time::Duration = std::time::Duration::from_secs(1);
-const REPORT_POLL_MAX: std::time::Duration = std::time::Duration::from_secs(10);
+const REPORT_POLL: Duration = Duration::from_secs(1);
+const REPORT_POLL_MAX: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
@@ -118,6 +118,7 @@ impl Source {
                         iam::collect_inventory(iam, metrics, &account, *concurrency, Some(&report))
                             .await?
                     }
+                    // A report file is `Source::File`; only the report itself reaches here.
                     SourceKind::CredentialReport | SourceKind::CredentialReportFile => {
                         let report = iam::credential_report(iam, metrics, *report).await?;
                         credential_report::inventory_by_slot(
