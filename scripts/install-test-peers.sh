@@ -2,6 +2,7 @@
 # Installs the real peers the tests run against, on a fresh Debian machine:
 #   - moto (pinned in tests/peers/requirements.txt), in a virtualenv under target/peers/venv
 #   - promtool, from Debian's prometheus package (its service is kept from starting)
+#   - systemd-analyze, from Debian's systemd package
 # Safe to run again: what is already installed is left alone.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,4 +27,12 @@ if ! command -v promtool >/dev/null 2>&1; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
     if [ "$created_policy" = yes ]; then rm -f /usr/sbin/policy-rc.d; fi
 fi
-echo "test peers ready: $("$venv/bin/python" -c 'import moto; print("moto", moto.__version__)'), $(promtool --version 2>&1 | head -1)"
+if ! command -v systemd-analyze >/dev/null 2>&1; then
+    if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null 2>&1; then
+        echo "systemd-analyze is missing: install Debian's 'systemd' package (as root) for the unit tests" >&2
+        exit 1
+    fi
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends systemd >/dev/null
+fi
+echo "test peers ready: $("$venv/bin/python" -c 'import moto; print("moto", moto.__version__)'), $(promtool --version 2>&1 | head -1), $(systemd-analyze --version | head -1)"

@@ -9,6 +9,7 @@ pub mod http;
 pub mod iam;
 pub mod inventory;
 pub mod metrics;
+pub mod notify;
 pub mod refresh;
 pub mod snapshot;
 pub mod source;
@@ -21,6 +22,7 @@ use tokio::net::TcpListener;
 use crate::config::Settings;
 use crate::config::SourceKind;
 use crate::metrics::ExporterMetrics;
+use crate::notify::Notifier;
 use crate::refresh::Shared;
 use crate::source::Source;
 
@@ -59,6 +61,34 @@ pub async fn run(settings: Settings, listener: TcpListener, shutdown: impl Futur
         assembler.refresh_exposition();
         std::future::ready(())
     }));
+
+    let notifier = Arc::new(Notifier::from_env());
+    // READY=1 after the first refresh, whatever its outcome: an exporter that cannot reach
+    // AWS still serves its health and says why, and holding READY back would have systemd
+    // kill it for a fault that is not its own.
+    let (ready_notifier, ready_shared) = (notifier.clone(), shared.clone());
+    refreshers.spawn(async move {
+        ready_shared.first_refresh_finished().await;
+        let status = match ready_shared.last_refresh().and_then(|s| s.error.clone()) {
+            None => "serving".to_string(),
+            Some(error) => format!("first refresh failed: {error}"),
+        };
+        // STATUS= is one line; an AWS error message may span several.
+        let status = status.lines().next().unwrap_or_default().to_string();
+        ready_notifier.notify(&format!("READY=1\nSTATUS={status}"));
+    });
+    if let Some(interval) = notifier.watchdog_interval() {
+        let watchdog = notifier.clone();
+        refreshers.spawn(refresh::every(interval, move || {
+            watchdog.notify("WATCHDOG=1");
+            std::future::ready(())
+        }));
+    }
+    let stopping = notifier.clone();
+    let shutdown = async move {
+        shutdown.await;
+        stopping.notify("STOPPING=1");
+    };
 
     http::serve(listener, settings.web, shared, shutdown).await;
     refreshers.shutdown().await;

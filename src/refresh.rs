@@ -49,6 +49,8 @@ pub struct Shared {
     collected: Mutex<Collected>,
     /// Bumped at every new inventory; the service-access loop waits for the first.
     inventory_generation: watch::Sender<u64>,
+    /// Bumped when an inventory refresh finishes, whether it succeeded or not.
+    refreshes_finished: watch::Sender<u64>,
 }
 
 impl Shared {
@@ -66,6 +68,7 @@ impl Shared {
             last_refresh: ArcSwapOption::empty(),
             collected: Mutex::new(Collected::default()),
             inventory_generation: watch::channel(0).0,
+            refreshes_finished: watch::channel(0).0,
         }
     }
 
@@ -134,6 +137,13 @@ impl Shared {
         collected.inventory.as_ref().map_or_else(Vec::new, |inv| {
             inv.users.iter().map(|u| u.arn.clone()).collect()
         })
+    }
+
+    /// Resolves once a first inventory refresh has finished, successful or not.
+    pub async fn first_refresh_finished(&self) {
+        let mut finished = self.refreshes_finished.subscribe();
+        // The sender lives in `self`, so the channel cannot close while we wait.
+        let _ = finished.wait_for(|n| *n > 0).await;
     }
 
     /// Resolves once a first inventory has been published.
@@ -258,6 +268,7 @@ pub async fn refresh_keys_once(
         error,
     })));
     shared.refresh_exposition();
+    shared.refreshes_finished.send_modify(|n| *n += 1);
     succeeded
 }
 
