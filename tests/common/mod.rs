@@ -412,3 +412,96 @@ pub fn which(name: &str) -> Option<PathBuf> {
         }
     }
 }
+
+/// A free port on loopback (bound, read, released: the peer binds it right after).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A real Prometheus server (Debian's package) scraping `targets` every second with the
+/// project's alert rules loaded, on a free loopback port, with storage in a temporary
+/// directory. Killed on drop.
+pub struct Prometheus {
+    child: Child,
+    pub address: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Prometheus {
+    pub fn start(targets: &[&str], extra_config: &str) -> Option<Prometheus> {
+        let binary = which("prometheus")?;
+        let dir = tempfile::tempdir().unwrap();
+        let rules = root().join("dashboards/alerts.yml");
+        let targets: Vec<String> = targets.iter().map(|t| format!("\"{t}\"")).collect();
+        let config = format!(
+            "global: {{scrape_interval: 1s, evaluation_interval: 1s}}\n\
+             rule_files: [\"{}\"]\n\
+             scrape_configs:\n  - job_name: iam-key-exporter\n    static_configs: [{{targets: [{}]}}]\n{extra_config}",
+            rules.display(),
+            targets.join(", ")
+        );
+        let config_path = dir.path().join("prometheus.yml");
+        std::fs::write(&config_path, config).unwrap();
+        let address = format!("127.0.0.1:{}", free_port());
+        let child = Command::new(binary)
+            .arg(format!("--config.file={}", config_path.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
+            .arg(format!("--web.listen-address={address}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start prometheus");
+        let prometheus = Prometheus {
+            child,
+            address,
+            _dir: dir,
+        };
+        wait_for("Prometheus ready", Duration::from_secs(60), || {
+            let agent: ureq::Agent = ureq::Agent::config_builder()
+                .http_status_as_error(false)
+                .build()
+                .into();
+            agent
+                .get(format!("http://{}/-/ready", prometheus.address))
+                .call()
+                .ok()
+                .filter(|r| r.status() == 200)
+                .map(|_| ())
+        });
+        Some(prometheus)
+    }
+
+    /// An instant query: the `data.result` array of the answer. Panics on an error answer.
+    pub fn query(&self, expr: &str) -> Vec<serde_json::Value> {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .build()
+            .into();
+        let mut response = agent
+            .get(format!("http://{}/api/v1/query", self.address))
+            .query("query", expr)
+            .call()
+            .expect("query Prometheus");
+        let body: serde_json::Value =
+            serde_json::from_str(&response.body_mut().read_to_string().unwrap()).unwrap();
+        assert_eq!(body["status"], "success", "{expr}: {body}");
+        body["data"]["result"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
