@@ -433,9 +433,16 @@ pub struct Prometheus {
 
 impl Prometheus {
     pub fn start(targets: &[&str], extra_config: &str) -> Option<Prometheus> {
+        Prometheus::start_with_rules(targets, &root().join("dashboards/alerts.yml"), extra_config)
+    }
+
+    pub fn start_with_rules(
+        targets: &[&str],
+        rules: &Path,
+        extra_config: &str,
+    ) -> Option<Prometheus> {
         let binary = which("prometheus")?;
         let dir = tempfile::tempdir().unwrap();
-        let rules = root().join("dashboards/alerts.yml");
         let targets: Vec<String> = targets.iter().map(|t| format!("\"{t}\"")).collect();
         let config = format!(
             "global: {{scrape_interval: 1s, evaluation_interval: 1s}}\n\
@@ -504,4 +511,75 @@ impl Drop for Prometheus {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A real Alertmanager (Debian's prometheus-alertmanager), clustering off, on a free
+/// loopback port, with one receiver that delivers nowhere: the test reads its API.
+pub struct Alertmanager {
+    child: Child,
+    pub address: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Alertmanager {
+    pub fn start() -> Option<Alertmanager> {
+        let binary = which("prometheus-alertmanager")?;
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("alertmanager.yml");
+        std::fs::write(
+            &config,
+            "route:\n  receiver: nowhere\n  group_by: [alertname]\n  group_wait: 1s\n\
+             receivers:\n  - name: nowhere\n",
+        )
+        .unwrap();
+        let address = format!("127.0.0.1:{}", free_port());
+        let child = Command::new(binary)
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.path={}",
+                dir.path().join("data").display()
+            ))
+            .arg(format!("--web.listen-address={address}"))
+            .arg("--cluster.listen-address=")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start alertmanager");
+        let alertmanager = Alertmanager {
+            child,
+            address,
+            _dir: dir,
+        };
+        wait_for("Alertmanager ready", Duration::from_secs(60), || {
+            (http_get_status(&format!("http://{}/-/ready", alertmanager.address)) == Some(200))
+                .then_some(())
+        });
+        Some(alertmanager)
+    }
+
+    /// The alerts Alertmanager holds, as its v2 API lists them.
+    pub fn alerts(&self) -> Vec<serde_json::Value> {
+        let mut response = ureq::get(format!("http://{}/api/v2/alerts", self.address))
+            .call()
+            .expect("query Alertmanager");
+        let body: serde_json::Value =
+            serde_json::from_str(&response.body_mut().read_to_string().unwrap()).unwrap();
+        body.as_array().cloned().unwrap_or_default()
+    }
+}
+
+impl Drop for Alertmanager {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The status of a GET, or None when nothing answers.
+pub fn http_get_status(url: &str) -> Option<u16> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    agent.get(url).call().ok().map(|r| r.status().as_u16())
 }
