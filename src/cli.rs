@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -11,6 +11,9 @@ use clap::Parser;
     about = "Prometheus exporter for the hygiene of AWS IAM access keys"
 )]
 pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
     /// TOML configuration file (see config/iam-key-exporter.toml).
     #[arg(long = "config.file", value_name = "PATH")]
     pub config_file: Option<PathBuf>,
@@ -43,6 +46,16 @@ pub struct Cli {
     /// text or json [default: text].
     #[arg(long = "log.format", value_name = "FORMAT")]
     pub log_format: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Which account owns an access key id, what kind of key it is, and, in the account of
+    /// the exporter's credentials, its user, status, age and last use.
+    Whois {
+        /// An access key id: AKIA... (long-term) or ASIA... (temporary).
+        key_id: String,
+    },
 }
 
 impl Cli {

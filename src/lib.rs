@@ -13,6 +13,7 @@ pub mod notify;
 pub mod refresh;
 pub mod snapshot;
 pub mod source;
+pub mod whois;
 
 use std::future::Future;
 use std::sync::Arc;

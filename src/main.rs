@@ -6,14 +6,15 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
-use iam_key_exporter::cli::Cli;
+use iam_key_exporter::cli::{Cli, Command};
 use iam_key_exporter::config::{self, LogFormat, LogLevel, Settings};
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::level_filters::LevelFilter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
-/// Exit code for a configuration the exporter refuses, as for a bad flag.
+/// Exit code for a configuration the exporter refuses, or a malformed argument, as for a
+/// bad flag.
 const EXIT_BAD_CONFIG: u8 = 2;
 
 fn main() -> ExitCode {
@@ -30,6 +31,9 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     init_tracing(&settings);
+    if let Some(Command::Whois { key_id }) = &cli.command {
+        return whois(settings, key_id);
+    }
     if cli.once {
         return once(settings, cli.once_file.as_deref());
     }
@@ -38,6 +42,27 @@ fn main() -> ExitCode {
         Err(err) => {
             tracing::error!("{err:#}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+#[tokio::main]
+async fn whois(settings: Settings, key_id: &str) -> ExitCode {
+    // A malformed id needs no AWS clients to be told so.
+    if let Err(err) = iam_key_exporter::whois::decode(key_id) {
+        eprintln!("iam-key-exporter: {err}");
+        return ExitCode::from(EXIT_BAD_CONFIG);
+    }
+    let metrics = std::sync::Arc::new(iam_key_exporter::metrics::ExporterMetrics::new());
+    let clients = iam_key_exporter::iam::Clients::from_env(&settings.aws, metrics).await;
+    match iam_key_exporter::whois::whois(&clients, key_id).await {
+        Ok(report) => {
+            print!("{report}");
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("iam-key-exporter: {err}");
+            ExitCode::from(EXIT_BAD_CONFIG)
         }
     }
 }

@@ -1,0 +1,111 @@
+//! `iam-key-exporter whois` against moto: the owning account decoded and confirmed, and
+//! for a key of the exporter's account its user, status, age and last use.
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+
+fn whois(endpoint: &str, key_id: &str) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_iam-key-exporter"))
+        .args(["--log.level", "error", "whois", key_id])
+        .env_clear()
+        .env("AWS_ACCESS_KEY_ID", TEST_ACCESS_KEY)
+        .env("AWS_SECRET_ACCESS_KEY", TEST_SECRET)
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("AWS_CONFIG_FILE", "/dev/null")
+        .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
+        .env("IAM_KEY_EXPORTER_AWS__ENDPOINT_URL", endpoint)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn a_key_of_the_account_is_traced_to_its_user() {
+    let Some(moto) = Moto::start(&root().join("tests/peers/sample-inventory.json")) else {
+        return;
+    };
+    let account = moto.seeded["account_id"].as_str().unwrap();
+    for user in moto.seeded["users"].as_array().unwrap() {
+        for key in user["keys"].as_array().unwrap() {
+            let id = key["access_key_id"].as_str().unwrap();
+            let output = whois(&moto.endpoint, id);
+            assert!(output.status.success(), "{output:?}");
+            let text = String::from_utf8(output.stdout).unwrap();
+            let days = |t: f64| ((now_secs() - t) / 86_400.0).floor() as u64;
+            assert!(
+                text.contains(&format!(
+                    "account:  {account} (decoded from the id)\n          confirmed by STS"
+                )),
+                "{text}"
+            );
+            assert!(
+                text.contains("kind:     long-term access key (AKIA)"),
+                "{text}"
+            );
+            assert!(
+                text.contains(&format!("user:     {}\n", user["name"].as_str().unwrap())),
+                "{text}"
+            );
+            assert!(
+                text.contains(&format!("status:   {}\n", key["status"].as_str().unwrap())),
+                "{text}"
+            );
+            assert!(
+                text.contains(&format!(
+                    "age:      {} days\n",
+                    days(key["create_date"].as_f64().unwrap())
+                )),
+                "{text}"
+            );
+            match key["last_used_date"].as_f64() {
+                Some(at) => assert!(
+                    text.contains(&format!(
+                        "last use: {} days ago, {} in {}\n",
+                        days(at),
+                        key["last_used_service"].as_str().unwrap(),
+                        key["last_used_region"].as_str().unwrap()
+                    )),
+                    "{text}"
+                ),
+                None => assert!(text.contains("last use: never\n"), "{text}"),
+            }
+            assert!(!text.contains(TEST_SECRET));
+        }
+    }
+}
+
+#[test]
+fn malformed_ids_exit_2_with_what_they_are() {
+    // No AWS is asked: the id is refused before any client exists.
+    let output = whois("http://127.0.0.1:9", "AROA1234567890ABCDEF");
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("\"AROA1234567890ABCDEF\" is not an access key id: it is an IAM role id"),
+        "{stderr}"
+    );
+    let output = whois("http://127.0.0.1:9", "AKIA0000");
+    assert_eq!(output.status.code(), Some(2));
+}
+
+#[test]
+fn temporary_credentials_are_told_apart() {
+    let Some(moto) = Moto::start(&root().join("tests/peers/sample-inventory.json")) else {
+        return;
+    };
+    let output = whois(&moto.endpoint, "ASIAY34FZKBOKMUTVV7A");
+    assert!(output.status.success());
+    let text = String::from_utf8(output.stdout).unwrap();
+    assert!(
+        text.contains("kind:     temporary credentials (ASIA) issued by STS"),
+        "{text}"
+    );
+    assert!(
+        text.contains("account:  609629065308 (decoded from the id)"),
+        "{text}"
+    );
+    assert!(text.contains("role session, not an IAM user"), "{text}");
+}
