@@ -24,6 +24,27 @@ pub struct Settings {
     pub aws: AwsSettings,
     pub refresh: RefreshSettings,
     pub service_access: ServiceAccessSettings,
+    pub filter: FilterSettings,
+    pub labels: LabelSettings,
+}
+
+/// Which IAM users are watched. Empty lists mean no restriction; excludes win.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FilterSettings {
+    /// IAM paths, e.g. "/engineering/": a user is included when its path starts with one.
+    pub include_paths: Vec<String>,
+    pub exclude_paths: Vec<String>,
+    /// User name patterns, `*` for any run of characters and `?` for one.
+    pub include_users: Vec<String>,
+    pub exclude_users: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LabelSettings {
+    /// Show only the prefix and the last 4 characters of key ids: `AKIA****WXYZ`.
+    pub mask_key_ids: bool,
 }
 
 /// Where the inventory comes from.

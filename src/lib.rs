@@ -5,6 +5,7 @@ pub mod cli;
 pub mod config;
 pub mod credential_report;
 pub mod exposition;
+pub mod filter;
 pub mod http;
 pub mod iam;
 pub mod inventory;
@@ -25,7 +26,7 @@ use crate::config::SourceKind;
 use crate::metrics::ExporterMetrics;
 use crate::notify::Notifier;
 use crate::refresh::Shared;
-use crate::source::Source;
+use crate::source::{Origin, Source};
 
 /// How stale the exporter's own metrics on `/metrics` may be.
 const OWN_METRICS_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
@@ -141,11 +142,12 @@ pub fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> std::io::Result
 
 /// The configured source. A report file needs no AWS clients, so none are built for it.
 async fn build_source(settings: &Settings, metrics: Arc<ExporterMetrics>) -> Source {
-    match (&settings.source.kind, &settings.source.file) {
-        (SourceKind::CredentialReportFile, Some(path)) => Source::file(path.clone()),
+    let origin = match (&settings.source.kind, &settings.source.file) {
+        (SourceKind::CredentialReportFile, Some(path)) => Origin::file(path.clone()),
         _ => {
             let clients = iam::Clients::from_env(&settings.aws, metrics).await;
-            Source::aws(clients, &settings.source, settings.refresh.concurrency)
+            Origin::aws(clients, &settings.source, settings.refresh.concurrency)
         }
-    }
+    };
+    Source::new(origin, &settings.filter, &settings.labels)
 }

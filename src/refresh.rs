@@ -19,7 +19,7 @@ use crate::iam::{self, Clients, IamError, JobPolicy};
 use crate::inventory::{Inventory, ServiceCounts, ServiceCountsByArn, unix_seconds};
 use crate::metrics::ExporterMetrics;
 use crate::snapshot::Snapshot;
-use crate::source::Source;
+use crate::source::{Origin, Source};
 
 /// How the last inventory refresh ended, for the landing page.
 #[derive(Debug, Clone)]
@@ -199,9 +199,9 @@ const FILE_CHECK_INTERVAL: Duration = Duration::from_secs(5);
 /// Refreshes the key inventory forever: every `settings.interval`, and for a report file
 /// also as soon as the file changes.
 pub async fn run_key_refresh(source: Arc<Source>, settings: RefreshSettings, shared: Arc<Shared>) {
-    let tick = match *source {
-        Source::File { .. } => settings.interval.min(FILE_CHECK_INTERVAL),
-        Source::Aws { .. } => settings.interval,
+    let tick = match source.origin {
+        Origin::File { .. } => settings.interval.min(FILE_CHECK_INTERVAL),
+        Origin::Aws { .. } => settings.interval,
     };
     let mut last: Option<Instant> = None;
     every(tick, || {

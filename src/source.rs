@@ -8,8 +8,9 @@ use std::time::{Duration, SystemTime};
 
 use tokio::sync::OnceCell;
 
-use crate::config::{SourceKind, SourceSettings};
+use crate::config::{FilterSettings, LabelSettings, SourceKind, SourceSettings};
 use crate::credential_report::{self, ReportError};
+use crate::filter::{UserFilter, mask_key_ids};
 use crate::iam::{self, Clients, IamError, ReportPolicy};
 use crate::inventory::Inventory;
 use crate::metrics::ExporterMetrics;
@@ -36,7 +37,14 @@ pub enum SourceError {
     },
 }
 
-pub enum Source {
+/// A source and what is done to every inventory it yields.
+pub struct Source {
+    pub origin: Origin,
+    filter: UserFilter,
+    mask_key_ids: bool,
+}
+
+pub enum Origin {
     Aws {
         clients: Clients,
         kind: SourceKind,
@@ -53,8 +61,42 @@ pub enum Source {
 }
 
 impl Source {
-    pub fn aws(clients: Clients, settings: &SourceSettings, concurrency: usize) -> Source {
-        Source::Aws {
+    pub fn new(origin: Origin, filter: &FilterSettings, labels: &LabelSettings) -> Source {
+        Source {
+            origin,
+            filter: UserFilter::new(filter),
+            mask_key_ids: labels.mask_key_ids,
+        }
+    }
+
+    /// The IAM clients, for the service-access refresher; a file has none.
+    pub fn clients(&self) -> Option<&Clients> {
+        match &self.origin {
+            Origin::Aws { clients, .. } => Some(clients),
+            Origin::File { .. } => None,
+        }
+    }
+
+    /// True when the file changed since it was last read. Always false for AWS, whose
+    /// changes are only seen by asking.
+    pub fn changed(&self) -> bool {
+        self.origin.changed()
+    }
+
+    /// An inventory of the users the filter allows, key ids masked if configured.
+    pub async fn collect(&self, metrics: &ExporterMetrics) -> Result<Inventory, SourceError> {
+        let mut inventory = self.origin.collect(metrics, &self.filter).await?;
+        self.filter.apply(&mut inventory);
+        if self.mask_key_ids {
+            mask_key_ids(&mut inventory);
+        }
+        Ok(inventory)
+    }
+}
+
+impl Origin {
+    pub fn aws(clients: Clients, settings: &SourceSettings, concurrency: usize) -> Origin {
+        Origin::Aws {
             clients,
             kind: settings.kind,
             report: ReportPolicy {
@@ -68,36 +110,30 @@ impl Source {
         }
     }
 
-    pub fn file(path: PathBuf) -> Source {
-        Source::File {
+    pub fn file(path: PathBuf) -> Origin {
+        Origin::File {
             path,
             seen: Mutex::new(None),
         }
     }
 
-    /// The IAM clients, for the service-access refresher; a file has none.
-    pub fn clients(&self) -> Option<&Clients> {
+    fn changed(&self) -> bool {
         match self {
-            Source::Aws { clients, .. } => Some(clients),
-            Source::File { .. } => None,
-        }
-    }
-
-    /// True when the file changed since it was last read. Always false for AWS, whose
-    /// changes are only seen by asking.
-    pub fn changed(&self) -> bool {
-        match self {
-            Source::Aws { .. } => false,
-            Source::File { path, seen } => {
+            Origin::Aws { .. } => false,
+            Origin::File { path, seen } => {
                 let stamp = file_stamp(path);
                 stamp.is_some() && stamp != *seen.lock().expect("not poisoned")
             }
         }
     }
 
-    pub async fn collect(&self, metrics: &ExporterMetrics) -> Result<Inventory, SourceError> {
+    async fn collect(
+        &self,
+        metrics: &ExporterMetrics,
+        filter: &UserFilter,
+    ) -> Result<Inventory, SourceError> {
         match self {
-            Source::Aws {
+            Origin::Aws {
                 clients,
                 kind,
                 report,
@@ -111,14 +147,22 @@ impl Source {
                 let iam = &clients.iam;
                 let inventory = match kind {
                     SourceKind::Api => {
-                        iam::collect_inventory(iam, metrics, &account, *concurrency, None).await?
+                        iam::collect_inventory(iam, metrics, &account, *concurrency, None, filter)
+                            .await?
                     }
                     SourceKind::Auto => {
                         let report = iam::credential_report(iam, metrics, *report).await?;
-                        iam::collect_inventory(iam, metrics, &account, *concurrency, Some(&report))
-                            .await?
+                        iam::collect_inventory(
+                            iam,
+                            metrics,
+                            &account,
+                            *concurrency,
+                            Some(&report),
+                            filter,
+                        )
+                        .await?
                     }
-                    // A report file is `Source::File`; only the report itself reaches here.
+                    // A report file is `Origin::File`; only the report itself reaches here.
                     SourceKind::CredentialReport | SourceKind::CredentialReportFile => {
                         let report = iam::credential_report(iam, metrics, *report).await?;
                         credential_report::inventory_by_slot(
@@ -131,7 +175,7 @@ impl Source {
                 };
                 Ok(inventory)
             }
-            Source::File { path, seen } => {
+            Origin::File { path, seen } => {
                 let display = path.display().to_string();
                 let stamp = file_stamp(path);
                 let bytes = std::fs::read(path).map_err(|source| SourceError::File {

@@ -444,3 +444,67 @@ fn a_client_that_never_sends_headers_is_disconnected() {
         "other clients are still served"
     );
 }
+
+#[test]
+fn filtered_users_cost_no_calls_and_masked_ids_keep_their_last_four_characters() {
+    let Some(moto) = Moto::start(&sample()) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        "[source]\nkind = \"api\"\n[service_access]\nenabled = false\n\
+         [filter]\nexclude_paths = [\"/automation/\"]\nexclude_users = [\"bo?\"]\n\
+         [labels]\nmask_key_ids = true\n",
+    )
+    .unwrap();
+    let exporter = Exporter::start_with(
+        &["--config.file", config.to_str().unwrap()],
+        &[("IAM_KEY_EXPORTER_AWS__ENDPOINT_URL", moto.endpoint.as_str())],
+    );
+    exporter.wait_ready();
+    let metrics = exporter.metrics();
+
+    let kept: Vec<&serde_json::Value> = moto.seeded["users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|u| !u["path"].as_str().unwrap().starts_with("/automation/") && u["name"] != "bob")
+        .collect();
+    assert!(
+        kept.iter()
+            .any(|u| !u["keys"].as_array().unwrap().is_empty()),
+        "a kept user has keys"
+    );
+    let mut expected = Vec::new();
+    for user in &kept {
+        for key in user["keys"].as_array().unwrap() {
+            let id = key["access_key_id"].as_str().unwrap();
+            expected.push(format!("{}****{}", &id[..4], &id[16..]));
+            assert!(!metrics.0.keys().any(|k| k.contains(id)), "{id} is masked");
+        }
+    }
+    let mut shown: Vec<String> = metrics
+        .0
+        .keys()
+        .filter(|k| k.starts_with("aws_iam_access_key_active{"))
+        .map(|k| {
+            k.split("access_key_id=\"")
+                .nth(1)
+                .unwrap()
+                .split('"')
+                .next()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    shown.sort();
+    expected.sort();
+    assert_eq!(shown, expected, "only the kept users' keys, masked");
+    assert_eq!(
+        metrics.aws_requests("ListAccessKeys"),
+        kept.len() as f64,
+        "no calls for filtered users"
+    );
+}

@@ -12,6 +12,7 @@ use futures_util::{StreamExt, TryStreamExt, stream};
 use super::report::CredentialReport;
 use super::{IamError, is_no_such_entity, observe, to_system_time};
 use crate::credential_report::ReportRow;
+use crate::filter::UserFilter;
 use crate::inventory::{AccessKey, AccountFacts, Inventory, KeyStatus, LastUse, User};
 use crate::metrics::ExporterMetrics;
 
@@ -32,9 +33,12 @@ pub async fn collect_inventory(
     account_id: &str,
     concurrency: usize,
     report: Option<&CredentialReport>,
+    filter: &UserFilter,
 ) -> Result<Inventory, IamError> {
     let root_access_keys_present = root_access_keys_present(iam, metrics).await?;
-    let listed = list_users(iam, metrics).await?;
+    let mut listed = list_users(iam, metrics).await?;
+    // Users the filter excludes cost no further calls.
+    listed.retain(|(name, arn)| filter.allows(name, arn));
     let rows: HashMap<&str, &ReportRow> = report
         .map(|r| r.rows.iter().map(|row| (row.user.as_str(), row)).collect())
         .unwrap_or_default();

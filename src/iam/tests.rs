@@ -24,6 +24,7 @@ use aws_smithy_runtime_api::http::{Response as HttpResponse, StatusCode};
 use aws_smithy_types::body::SdkBody;
 
 use super::*;
+use crate::filter::UserFilter;
 use crate::inventory::{KeyStatus, ServiceCounts};
 
 const ACCOUNT: &str = "123456789012";
@@ -202,7 +203,7 @@ async fn follows_every_page_of_users_and_keys() {
         ],
         &metrics,
     );
-    let inventory = collect_inventory(&iam, &metrics, ACCOUNT, 2, None)
+    let inventory = collect_inventory(&iam, &metrics, ACCOUNT, 2, None, &UserFilter::default())
         .await
         .unwrap();
 
@@ -284,7 +285,7 @@ async fn users_and_keys_deleted_mid_refresh_are_skipped() {
         &[&users, &keys_stays, &keys_gone, &used, &revoked],
         &metrics,
     );
-    let inventory = collect_inventory(&iam, &metrics, ACCOUNT, 4, None)
+    let inventory = collect_inventory(&iam, &metrics, ACCOUNT, 4, None, &UserFilter::default())
         .await
         .unwrap();
 
@@ -313,7 +314,7 @@ async fn any_other_error_fails_the_refresh_with_its_code() {
 
     let metrics = Arc::new(ExporterMetrics::new());
     let iam = client(&[&users, &denied], &metrics);
-    let err = collect_inventory(&iam, &metrics, ACCOUNT, 4, None)
+    let err = collect_inventory(&iam, &metrics, ACCOUNT, 4, None, &UserFilter::default())
         .await
         .unwrap_err();
 
@@ -758,9 +759,16 @@ async fn auto_takes_last_use_from_the_report_and_asks_only_for_newer_keys() {
     let report = credential_report(&iam, &metrics, REPORT_POLICY)
         .await
         .unwrap();
-    let inventory = collect_inventory(&iam, &metrics, ACCOUNT, 2, Some(&report))
-        .await
-        .unwrap();
+    let inventory = collect_inventory(
+        &iam,
+        &metrics,
+        ACCOUNT,
+        2,
+        Some(&report),
+        &UserFilter::default(),
+    )
+    .await
+    .unwrap();
 
     let alice = &inventory.users[0];
     let old = &alice.keys[0];
