@@ -85,6 +85,8 @@ pub struct WebSettings {
     /// How long a client may take to send its request headers before the connection is closed.
     #[serde(deserialize_with = "duration")]
     pub header_read_timeout: Duration,
+    /// Connections served at once; more wait in the listen backlog until one closes.
+    pub max_connections: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -421,6 +423,12 @@ impl Settings {
             "is reserved for the health endpoints",
         )?;
         check_duration("web.header_read_timeout", web.header_read_timeout)?;
+        check(
+            (1..=65_536).contains(&web.max_connections),
+            "web.max_connections",
+            web.max_connections,
+            "must be between 1 and 65536",
+        )?;
 
         if let Some(url) = &self.aws.endpoint_url {
             let parsed = url.parse::<hyper::Uri>().ok();

@@ -78,8 +78,15 @@ pub async fn serve(
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(web.header_read_timeout);
+    // A permit per connection: at the cap, new connections wait in the kernel's backlog
+    // instead of being accepted without limit.
+    let connections = Arc::new(tokio::sync::Semaphore::new(web.max_connections));
     tokio::pin!(shutdown);
     loop {
+        let permit = tokio::select! {
+            permit = connections.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
+            () = &mut shutdown => break,
+        };
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(pair) => pair,
@@ -99,6 +106,7 @@ pub async fn serve(
         });
         let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
         tokio::spawn(async move {
+            let _permit = permit;
             if let Err(err) = connection.await {
                 tracing::debug!(%peer, error = %err, "connection ended with an error");
             }

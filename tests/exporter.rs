@@ -508,3 +508,44 @@ fn filtered_users_cost_no_calls_and_masked_ids_keep_their_last_four_characters()
         "no calls for filtered users"
     );
 }
+
+#[test]
+fn connections_beyond_the_cap_wait_until_one_closes() {
+    use std::io::{Read as _, Write as _};
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let exporter = Exporter::start(
+        &endpoint,
+        &[
+            ("IAM_KEY_EXPORTER_WEB__MAX_CONNECTIONS", "1"),
+            ("IAM_KEY_EXPORTER_WEB__HEADER_READ_TIMEOUT", "60s"),
+        ],
+    );
+    // The one allowed connection, idle.
+    let idle = std::net::TcpStream::connect(&exporter.address).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    // A second one is connected by the kernel but not served.
+    let mut waiting = std::net::TcpStream::connect(&exporter.address).unwrap();
+    waiting
+        .write_all(b"GET /-/healthy HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    waiting
+        .set_read_timeout(Some(Duration::from_millis(700)))
+        .unwrap();
+    let mut answer = Vec::new();
+    assert!(
+        waiting.read_to_end(&mut answer).is_err(),
+        "served beyond the cap: {answer:?}"
+    );
+    // Once the first closes, the waiting one is served.
+    drop(idle);
+    waiting
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    waiting.read_to_end(&mut answer).unwrap();
+    assert!(
+        String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 200"),
+        "{answer:?}"
+    );
+}
