@@ -370,9 +370,7 @@ fn an_iam_outage_keeps_the_last_good_data_and_says_so() {
 #[test]
 fn not_ready_until_a_first_refresh_succeeds_and_never_exits_on_aws_errors() {
     // Nothing listens on this endpoint: every call fails.
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let endpoint = format!("http://{}", closed.local_addr().unwrap());
-    drop(closed);
+    let endpoint = closed_endpoint();
     let exporter = Exporter::start(&endpoint, &[("IAM_KEY_EXPORTER_REFRESH__INTERVAL", "1s")]);
 
     let metrics = wait_for("two failed refreshes", Duration::from_secs(60), || {
@@ -419,9 +417,7 @@ fn sigterm_and_sigint_exit_zero_promptly() {
 fn a_client_that_never_sends_headers_is_disconnected() {
     use std::io::Read as _;
     // No AWS needed: the HTTP server answers whatever the refreshers do.
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let endpoint = format!("http://{}", closed.local_addr().unwrap());
-    drop(closed);
+    let endpoint = closed_endpoint();
     let exporter = Exporter::start(
         &endpoint,
         &[("IAM_KEY_EXPORTER_WEB__HEADER_READ_TIMEOUT", "1s")],
@@ -512,9 +508,7 @@ fn filtered_users_cost_no_calls_and_masked_ids_keep_their_last_four_characters()
 #[test]
 fn connections_beyond_the_cap_wait_until_one_closes() {
     use std::io::{Read as _, Write as _};
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let endpoint = format!("http://{}", closed.local_addr().unwrap());
-    drop(closed);
+    let endpoint = closed_endpoint();
     let exporter = Exporter::start(
         &endpoint,
         &[

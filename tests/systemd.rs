@@ -76,9 +76,7 @@ fn ready_even_when_the_first_refresh_fails_with_the_reason_in_status() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("notify.sock");
     let systemd = UnixDatagram::bind(&path).unwrap();
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let endpoint = format!("http://{}", closed.local_addr().unwrap());
-    drop(closed);
+    let endpoint = closed_endpoint();
     let _exporter = Exporter::start(&endpoint, &[("NOTIFY_SOCKET", path.to_str().unwrap())]);
     let messages = receive_until(&systemd, Duration::from_secs(60), |m| {
         m.iter().any(|s| s.starts_with("READY=1"))

@@ -413,6 +413,11 @@ pub fn which(name: &str) -> Option<PathBuf> {
     }
 }
 
+/// An IAM endpoint on loopback where nothing listens: every call fails at once.
+pub fn closed_endpoint() -> String {
+    format!("http://127.0.0.1:{}", free_port())
+}
+
 /// A free port on loopback (bound, read, released: the peer binds it right after).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
