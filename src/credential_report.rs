@@ -165,6 +165,12 @@ pub fn parse(csv_bytes: &[u8]) -> Result<Vec<ReportRow>, ReportError> {
     Ok(rows)
 }
 
+/// True for the words the report uses for "no value": `N/A`, `not_supported`,
+/// `no_information`.
+pub fn is_absent(value: &str) -> bool {
+    matches!(value, "N/A" | "not_supported" | "no_information")
+}
+
 /// A key's label when only its slot is known: `slot1` or `slot2`.
 pub fn slot_id(slot: usize) -> String {
     format!("slot{}", slot + 1)
@@ -265,9 +271,8 @@ impl Field<'_> {
         }
     }
 
-    /// The words the report uses for "no value".
     fn is_absent(&self) -> bool {
-        matches!(self.value, "N/A" | "not_supported" | "no_information")
+        is_absent(self.value)
     }
 
     fn timestamp(&self) -> Result<Option<SystemTime>, ReportError> {

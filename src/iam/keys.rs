@@ -11,7 +11,7 @@ use futures_util::{StreamExt, TryStreamExt, stream};
 
 use super::report::CredentialReport;
 use super::{IamError, is_no_such_entity, observe, to_system_time};
-use crate::credential_report::ReportRow;
+use crate::credential_report::{self, ReportRow};
 use crate::filter::UserFilter;
 use crate::inventory::{AccessKey, AccountFacts, Inventory, KeyStatus, LastUse, User};
 use crate::metrics::ExporterMetrics;
@@ -166,9 +166,9 @@ fn from_report(row: &ReportRow, metadata: &AccessKeyMetadata) -> Option<AccessKe
     if matching.next().is_some() {
         return None;
     }
-    let unknown = |text: &str| matches!(text, "N/A" | "not_supported" | "no_information");
     if slot.last_used.is_some()
-        && (unknown(&slot.last_used_service) || unknown(&slot.last_used_region))
+        && (credential_report::is_absent(&slot.last_used_service)
+            || credential_report::is_absent(&slot.last_used_region))
     {
         return None;
     }
