@@ -120,12 +120,9 @@ pub async fn once(settings: Settings) -> Result<Vec<u8>, OnceError> {
     if let (true, Some(clients)) = (settings.service_access.enabled, source.clients()) {
         refresh::refresh_service_access_once(clients, &settings.service_access, &shared).await;
     }
-    let mut body = shared
-        .snapshot()
-        .map(|s| s.exposition.to_vec())
-        .unwrap_or_default();
-    body.extend_from_slice(&metrics.render());
-    Ok(body)
+    // Every refresh and pass ends by assembling the exposition; that is the answer.
+    let [head, tail] = &shared.exposition().plain;
+    Ok([&head[..], &tail[..]].concat())
 }
 
 /// Replaces `path` with `bytes` so that a reader sees the old file or the new one, never

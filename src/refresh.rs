@@ -55,13 +55,8 @@ pub struct Shared {
 
 impl Shared {
     pub fn new(metrics: Arc<ExporterMetrics>) -> Shared {
-        let own = metrics.render();
-        Shared {
-            exposition: ArcSwap::from_pointee(Exposition::assemble(
-                &Bytes::new(),
-                &GzipPrefix::new(&[]),
-                own,
-            )),
+        let shared = Shared {
+            exposition: ArcSwap::from_pointee(Exposition::default()),
             assembling: std::sync::Mutex::new(()),
             metrics,
             snapshot: ArcSwapOption::empty(),
@@ -69,7 +64,10 @@ impl Shared {
             collected: Mutex::new(Collected::default()),
             inventory_generation: watch::channel(0).0,
             refreshes_finished: watch::channel(0).0,
-        }
+        };
+        // Before the first refresh, /metrics serves the exporter's own metrics.
+        shared.refresh_exposition();
+        shared
     }
 
     pub fn snapshot(&self) -> Option<Arc<Snapshot>> {
