@@ -46,6 +46,15 @@ pub struct Cli {
     /// text or json [default: text].
     #[arg(long = "log.format", value_name = "FORMAT")]
     pub log_format: Option<String>,
+
+    /// Replicas sharing the accounts [default: 1].
+    #[arg(long = "shard.total", value_name = "N")]
+    pub shard_total: Option<String>,
+
+    /// This replica's index among shard.total, from 0 (a StatefulSet pod's ordinal)
+    /// [default: 0].
+    #[arg(long = "shard.index", value_name = "I")]
+    pub shard_index: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -66,6 +75,8 @@ impl Cli {
             ("web.telemetry_path", &self.telemetry_path),
             ("log.level", &self.log_level),
             ("log.format", &self.log_format),
+            ("shard.total", &self.shard_total),
+            ("shard.index", &self.shard_index),
         ]
         .into_iter()
         .filter_map(|(key, value)| value.clone().map(|v| (key, v)))

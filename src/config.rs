@@ -26,6 +26,67 @@ pub struct Settings {
     pub service_access: ServiceAccessSettings,
     pub filter: FilterSettings,
     pub labels: LabelSettings,
+    /// Accounts watched through an assumed role; empty means the exporter's own account.
+    #[serde(default)]
+    pub accounts: Vec<AccountSettings>,
+    pub organizations: OrganizationsSettings,
+    pub shard: ShardSettings,
+    pub tags: TagSettings,
+}
+
+/// One account to watch. Without `role_arn` it is the account of the exporter's own
+/// credentials; with one, that role is assumed (and its credentials renewed before they
+/// expire) for every call to the account.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccountSettings {
+    #[serde(default)]
+    pub role_arn: Option<String>,
+    #[serde(default)]
+    pub external_id: Option<String>,
+    /// The assumed role's session name, seen in the member account's CloudTrail.
+    #[serde(default)]
+    pub session_name: Option<String>,
+    /// A friendly name, exported as `account_name` on `aws_iam_account_info`.
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+/// Finding accounts through AWS Organizations (ListAccounts, from the management or a
+/// delegated administrator account) and assuming `role_name` in each active one.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OrganizationsSettings {
+    pub enabled: bool,
+    pub role_name: String,
+    #[serde(default)]
+    pub external_id: Option<String>,
+    pub session_name: String,
+    /// Account ids; empty means every active account.
+    pub include_accounts: Vec<String>,
+    pub exclude_accounts: Vec<String>,
+    /// How often the account list is read again.
+    #[serde(deserialize_with = "duration")]
+    pub interval: Duration,
+}
+
+/// This replica's share of the accounts: those whose rendezvous hash picks `index` among
+/// `total` replicas.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShardSettings {
+    pub total: u32,
+    pub index: u32,
+}
+
+/// User tags exported as labels: tag `team` becomes label `tag_team`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TagSettings {
+    pub keys: Vec<String>,
+    /// How often every user's tags are read again; new users' tags are read at once.
+    #[serde(deserialize_with = "duration")]
+    pub interval: Duration,
 }
 
 /// Which IAM users are watched. Empty lists mean no restriction; excludes win.
@@ -136,6 +197,9 @@ pub struct AwsSettings {
     /// Upper bound for one call, retries included.
     #[serde(deserialize_with = "duration")]
     pub call_timeout: Duration,
+    /// Requests per second to one account, retries included (a token bucket shared by
+    /// every call to that account); 0 turns the limit off.
+    pub requests_per_second: f64,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -146,8 +210,10 @@ pub struct RefreshSettings {
     /// A refresh that takes longer is abandoned and counted as failed.
     #[serde(deserialize_with = "duration")]
     pub timeout: Duration,
-    /// IAM calls in flight at once for the per-user and per-key requests.
+    /// IAM calls in flight at once for the per-user and per-key requests, per account.
     pub concurrency: usize,
+    /// Accounts refreshed at once, across all accounts.
+    pub max_concurrent_accounts: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -337,8 +403,8 @@ fn load_with_env(
         }
     }
     settings.validate().map_err(|invalid| {
-        let value = merged.get::<Value>(invalid.key).ok();
-        let origin = origin_note(invalid.key, value.as_ref(), file, overrides, &env_keys);
+        let value = merged.get::<Value>(&invalid.key).ok();
+        let origin = origin_note(&invalid.key, value.as_ref(), file, overrides, &env_keys);
         ConfigError::Invalid(format!(
             "key {:?} = {}{origin}: {}",
             invalid.key, invalid.value, invalid.why
@@ -357,14 +423,14 @@ fn strip_key_suffix(message: &str) -> &str {
 
 /// A value that has the right type but is out of bounds.
 struct Invalid {
-    key: &'static str,
+    key: String,
     value: String,
     why: &'static str,
 }
 
 fn check(
     ok: bool,
-    key: &'static str,
+    key: impl Into<String>,
     value: impl fmt::Debug,
     why: &'static str,
 ) -> Result<(), Invalid> {
@@ -372,7 +438,7 @@ fn check(
         Ok(())
     } else {
         Err(Invalid {
-            key,
+            key: key.into(),
             value: format!("{value:?}"),
             why,
         })
@@ -484,8 +550,195 @@ impl Settings {
             access.max_concurrent_jobs,
             "must be between 1 and 16",
         )?;
+        self.validate_accounts()?;
+        self.validate_tags()
+    }
+
+    fn validate_accounts(&self) -> Result<(), Invalid> {
+        let rate = self.aws.requests_per_second;
+        check(
+            rate.is_finite() && rate >= 0.0,
+            "aws.requests_per_second",
+            rate,
+            "must be 0 (no limit) or a positive number",
+        )?;
+        check(
+            (1..=256).contains(&self.refresh.max_concurrent_accounts),
+            "refresh.max_concurrent_accounts",
+            self.refresh.max_concurrent_accounts,
+            "must be between 1 and 256",
+        )?;
+        let mut seen_roles = std::collections::HashSet::new();
+        let mut own_accounts = 0;
+        for (i, account) in self.accounts.iter().enumerate() {
+            let key = |field: &str| format!("accounts[{i}].{field}");
+            match &account.role_arn {
+                Some(arn) => {
+                    check(
+                        account_of_role_arn(arn).is_some(),
+                        key("role_arn"),
+                        arn,
+                        "expected arn:PARTITION:iam::ACCOUNT_ID:role/NAME",
+                    )?;
+                    check(
+                        seen_roles.insert(arn.as_str()),
+                        key("role_arn"),
+                        arn,
+                        "is listed twice",
+                    )?;
+                }
+                None => {
+                    own_accounts += 1;
+                    check(
+                        own_accounts == 1,
+                        key("role_arn"),
+                        "(none)",
+                        "only one account may use the exporter's own credentials",
+                    )?;
+                    check(
+                        account.external_id.is_none() && account.session_name.is_none(),
+                        key("role_arn"),
+                        "(none)",
+                        "external_id and session_name need a role_arn",
+                    )?;
+                }
+            }
+            if let Some(id) = &account.external_id {
+                check(
+                    (2..=1224).contains(&id.len()),
+                    key("external_id"),
+                    id,
+                    "must be 2 to 1224 characters",
+                )?;
+            }
+            if let Some(name) = &account.session_name {
+                check(
+                    is_session_name(name),
+                    key("session_name"),
+                    name,
+                    "must be 2 to 64 of the characters A-Z a-z 0-9 + = , . @ _ -",
+                )?;
+            }
+        }
+
+        let orgs = &self.organizations;
+        check_duration("organizations.interval", orgs.interval)?;
+        check(
+            !orgs.role_name.is_empty() && !orgs.role_name.contains(['/', ':', ' ']),
+            "organizations.role_name",
+            &orgs.role_name,
+            "expected a role name, without a path",
+        )?;
+        check(
+            is_session_name(&orgs.session_name),
+            "organizations.session_name",
+            &orgs.session_name,
+            "must be 2 to 64 of the characters A-Z a-z 0-9 + = , . @ _ -",
+        )?;
+        for (list, ids) in [
+            ("include_accounts", &orgs.include_accounts),
+            ("exclude_accounts", &orgs.exclude_accounts),
+        ] {
+            for (i, id) in ids.iter().enumerate() {
+                check(
+                    is_account_id(id),
+                    format!("organizations.{list}[{i}]"),
+                    id,
+                    "expected a 12-digit account id",
+                )?;
+            }
+        }
+
+        check(
+            (1..=1024).contains(&self.shard.total),
+            "shard.total",
+            self.shard.total,
+            "must be between 1 and 1024",
+        )?;
+        check(
+            self.shard.index < self.shard.total,
+            "shard.index",
+            self.shard.index,
+            "must be less than shard.total (replicas count from 0)",
+        )
+    }
+
+    fn validate_tags(&self) -> Result<(), Invalid> {
+        check_duration("tags.interval", self.tags.interval)?;
+        let mut labels = std::collections::HashMap::new();
+        for (i, key) in self.tags.keys.iter().enumerate() {
+            check(
+                (1..=128).contains(&key.chars().count()),
+                format!("tags.keys[{i}]"),
+                key,
+                "IAM tag keys are 1 to 128 characters",
+            )?;
+            let label = tag_label_name(key);
+            if let Some(other) = labels.insert(label, key) {
+                return Err(Invalid {
+                    key: format!("tags.keys[{i}]"),
+                    value: format!("{key:?}"),
+                    why: if other.eq_ignore_ascii_case(key) {
+                        "is listed twice (IAM tag keys are unique regardless of case)"
+                    } else {
+                        "becomes the same label as another tag key"
+                    },
+                });
+            }
+        }
         Ok(())
     }
+}
+
+/// The label a user tag becomes: `tag_` and the key, lowercased, with every character a
+/// Prometheus label name cannot hold replaced by `_`. The prefix keeps tags from ever
+/// clashing with a target label or the exporter's own labels.
+pub fn tag_label_name(key: &str) -> String {
+    let sanitised: String = key
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("tag_{sanitised}")
+}
+
+/// The account id in a role ARN, `arn:PARTITION:iam::ACCOUNT_ID:role/PATH/NAME`.
+pub fn account_of_role_arn(arn: &str) -> Option<&str> {
+    let mut parts = arn.splitn(6, ':');
+    let (arn_word, partition, service, region, account, resource) = (
+        parts.next()?,
+        parts.next()?,
+        parts.next()?,
+        parts.next()?,
+        parts.next()?,
+        parts.next()?,
+    );
+    let valid = arn_word == "arn"
+        && partition.starts_with("aws")
+        && service == "iam"
+        && region.is_empty()
+        && is_account_id(account)
+        && resource
+            .strip_prefix("role/")
+            .is_some_and(|n| !n.is_empty());
+    valid.then_some(account)
+}
+
+pub fn is_account_id(id: &str) -> bool {
+    id.len() == 12 && id.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// STS's rule for RoleSessionName.
+fn is_session_name(name: &str) -> bool {
+    (2..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"+=,.@_-".contains(&b))
 }
 
 /// What to bind: `:port` means every interface, like the Go exporters' flag.

@@ -209,11 +209,8 @@ fn landing_page(web: &WebSettings, shared: &Shared) -> Response<Body> {
     let data = match shared.snapshot() {
         None => "No data yet.".to_string(),
         Some(s) => format!(
-            "Serving {} users and {} access keys of account {}, collected at {}.",
-            s.users,
-            s.keys,
-            escape_html(&s.account_id),
-            humantime::format_rfc3339_seconds(s.collected_at)
+            "Serving {} users and {} access keys of {} account(s).",
+            s.users, s.keys, s.accounts
         ),
     };
     let path = escape_html(&web.telemetry_path);

@@ -76,8 +76,39 @@ pub struct ServiceCounts {
     pub granted: u32,
 }
 
+/// What is known of one account: its latest inventory and the slower data joined to it.
+#[derive(Debug, Clone, Default)]
+pub struct AccountData {
+    /// The configured or discovered name, for `aws_iam_account_info`.
+    pub name: Option<String>,
+    pub inventory: Option<std::sync::Arc<Inventory>>,
+    pub service_counts: ServiceCountsByArn,
+    pub tags: TagsByArn,
+}
+
 /// Latest service counts per user ARN.
 pub type ServiceCountsByArn = HashMap<String, ServiceCounts>;
+
+/// A user's tags as labels: `(label name, value)`, sorted by label name.
+pub type TagLabels = Vec<(String, String)>;
+
+/// Latest tag labels per user ARN.
+pub type TagsByArn = HashMap<String, TagLabels>;
+
+/// The labels for the configured tag keys that the user has. IAM keeps tag keys unique
+/// regardless of case, so keys match regardless of case too. Tags with an empty value
+/// are left out: to Prometheus an empty label is no label.
+pub fn tag_labels(wanted: &[String], tags: &[(String, String)]) -> TagLabels {
+    let mut labels: TagLabels = wanted
+        .iter()
+        .filter_map(|key| {
+            let (_, value) = tags.iter().find(|(k, _)| k.eq_ignore_ascii_case(key))?;
+            (!value.is_empty()).then(|| (crate::config::tag_label_name(key), value.clone()))
+        })
+        .collect();
+    labels.sort();
+    labels
+}
 
 impl Inventory {
     pub fn key_count(&self) -> usize {

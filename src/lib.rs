@@ -1,11 +1,14 @@
 //! iam-key-exporter: serves the hygiene of AWS IAM access keys as Prometheus metrics,
 //! from an inventory refreshed in the background. See ARCHITECTURE.md for the map.
 
+pub mod accounts;
 pub mod cli;
 pub mod config;
 pub mod credential_report;
 pub mod exposition;
+pub mod features;
 pub mod filter;
+pub mod fleet;
 pub mod http;
 pub mod iam;
 pub mod inventory;
@@ -22,11 +25,10 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 
 use crate::config::Settings;
-use crate::config::SourceKind;
+use crate::fleet::Fleet;
 use crate::metrics::ExporterMetrics;
 use crate::notify::Notifier;
 use crate::refresh::Shared;
-use crate::source::{Origin, Source};
 
 /// How stale the exporter's own metrics on `/metrics` may be.
 const OWN_METRICS_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
@@ -38,19 +40,27 @@ const OWN_METRICS_INTERVAL: std::time::Duration = std::time::Duration::from_secs
 pub async fn run(settings: Settings, listener: TcpListener, shutdown: impl Future<Output = ()>) {
     let metrics = Arc::new(ExporterMetrics::new());
     let shared = Arc::new(Shared::new(metrics.clone()));
-    let source = Arc::new(build_source(&settings, metrics).await);
+    let fleet = Arc::new(Fleet::new(&settings, metrics).await);
+    metrics_for_discovery(&settings, &shared);
 
     let mut refreshers = tokio::task::JoinSet::new();
     refreshers.spawn(refresh::run_key_refresh(
-        source.clone(),
-        settings.refresh.clone(),
+        fleet.clone(),
+        settings.clone(),
         shared.clone(),
     ));
-    // Service counts need IAM; a report file has none to ask.
-    if let (true, Some(clients)) = (settings.service_access.enabled, source.clients()) {
+    // Service counts and tags need IAM; a report file has none to ask.
+    if settings.service_access.enabled && !fleet.is_file() {
         refreshers.spawn(refresh::run_service_access_refresh(
-            clients.clone(),
-            settings.service_access.clone(),
+            fleet.clone(),
+            settings.clone(),
+            shared.clone(),
+        ));
+    }
+    if !settings.tags.keys.is_empty() && !fleet.is_file() {
+        refreshers.spawn(refresh::run_tag_refresh(
+            fleet.clone(),
+            settings.clone(),
             shared.clone(),
         ));
     }
@@ -109,16 +119,18 @@ pub enum OnceError {
 pub async fn once(settings: Settings) -> Result<Vec<u8>, OnceError> {
     let metrics = Arc::new(ExporterMetrics::without_process_metrics());
     let shared = Shared::new(metrics.clone());
-    let source = build_source(&settings, metrics.clone()).await;
-    if !refresh::refresh_keys_once(&source, &settings.refresh, &shared).await {
+    let fleet = Fleet::new(&settings, metrics.clone()).await;
+    metrics_for_discovery(&settings, &shared);
+    if !refresh::refresh_keys_once(&fleet, &settings, &shared).await {
         let error = shared
             .last_refresh()
             .and_then(|status| status.error.clone())
             .unwrap_or_default();
         return Err(OnceError::Refresh(error));
     }
-    if let (true, Some(clients)) = (settings.service_access.enabled, source.clients()) {
-        refresh::refresh_service_access_once(clients, &settings.service_access, &shared).await;
+    // Tags of every user were read with the inventory; only service counts remain.
+    if settings.service_access.enabled && !fleet.is_file() {
+        refresh::refresh_service_access_once(&fleet, &settings, &shared).await;
     }
     // Every refresh and pass ends by assembling the exposition; that is the answer.
     let [head, tail] = &shared.exposition().plain;
@@ -137,14 +149,13 @@ pub fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> std::io::Result
     })
 }
 
-/// The configured source. A report file needs no AWS clients, so none are built for it.
-async fn build_source(settings: &Settings, metrics: Arc<ExporterMetrics>) -> Source {
-    let origin = match (&settings.source.kind, &settings.source.file) {
-        (SourceKind::CredentialReportFile, Some(path)) => Origin::file(path.clone()),
-        _ => {
-            let clients = iam::Clients::from_env(&settings.aws, metrics).await;
-            Origin::aws(clients, &settings.source, settings.refresh.concurrency)
-        }
-    };
-    Source::new(origin, &settings.filter, &settings.labels)
+/// Discovery is healthy until it fails; without it, there is nothing to fail.
+fn metrics_for_discovery(settings: &Settings, shared: &Shared) {
+    shared.metrics.discovery_success.set(1);
+    if !settings.organizations.enabled {
+        shared
+            .metrics
+            .discovery_last_success_timestamp_seconds
+            .set(0.0);
+    }
 }

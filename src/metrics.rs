@@ -2,7 +2,10 @@
 //! keys vanish) and the exporter's own (`ExporterMetrics`, which owns its Registry and
 //! lives as long as the process).
 
-use prometheus::{Encoder, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+use prometheus::{
+    Counter, Encoder, GaugeVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
 
 /// A gauge family of the inventory. Snapshots write these straight to the text format
 /// (`snapshot.rs`): at 10,000 keys a Registry would hold 80,000 labelled gauges in hash
@@ -67,6 +70,11 @@ family!(
     "1 if IAM has no record of the access key being used, else 0."
 );
 family!(
+    ACCOUNT_INFO,
+    "aws_iam_account_info",
+    "Always 1: an account this exporter watches, with its configured or Organizations name (empty without one). Join on account_id to add account_name to other series."
+);
+family!(
     CREDENTIAL_REPORT_GENERATED_TIMESTAMP_SECONDS,
     "aws_iam_credential_report_generated_timestamp_seconds",
     "Unix time the credential report the data came from was generated; IAM regenerates it at most every 4 hours."
@@ -116,6 +124,23 @@ pub struct ExporterMetrics {
     pub service_access_jobs_total: IntCounterVec,
     pub service_access_duration_seconds: prometheus::Gauge,
     pub service_access_last_run_timestamp_seconds: prometheus::Gauge,
+    pub aws_rate_limit_wait_seconds_total: Counter,
+    pub accounts: IntGauge,
+    pub account_refresh_success: IntGaugeVec,
+    pub account_refresh_duration_seconds: GaugeVec,
+    pub account_last_refresh_success_timestamp_seconds: GaugeVec,
+    pub account_feature_degraded: IntGaugeVec,
+    pub discovery_success: IntGauge,
+    pub discovery_last_success_timestamp_seconds: prometheus::Gauge,
+}
+
+/// The labels of the per-account health metrics.
+pub const ACCOUNT_LABELS: &[&str] = &["account_id", "account_name"];
+
+impl std::fmt::Debug for ExporterMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExporterMetrics").finish_non_exhaustive()
+    }
 }
 
 impl Default for ExporterMetrics {
@@ -170,6 +195,23 @@ impl ExporterMetrics {
             c
         };
 
+        let gauge_vec = |name: &str, help: &str, labels: &[&str]| {
+            let g = GaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+            register(Box::new(g.clone()));
+            g
+        };
+        let int_gauge_vec = |name: &str, help: &str, labels: &[&str]| {
+            let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+            register(Box::new(g.clone()));
+            g
+        };
+        let aws_rate_limit_wait_seconds_total = Counter::new(
+            "iam_key_exporter_aws_rate_limit_wait_seconds_total",
+            "Seconds requests waited for the client-side rate limit (aws.requests_per_second).",
+        )
+        .expect("valid metric");
+        register(Box::new(aws_rate_limit_wait_seconds_total.clone()));
+
         let refresh_failures_total = IntCounter::new(
             "iam_key_exporter_refresh_failures_total",
             "Inventory refreshes that failed; the previous snapshot stayed served.",
@@ -189,15 +231,48 @@ impl ExporterMetrics {
         Self {
             refresh_success: int_gauge(
                 "iam_key_exporter_refresh_success",
-                "1 if the last inventory refresh succeeded, else 0.",
+                "1 if the last inventory refresh succeeded for every account, else 0.",
             ),
             refresh_duration_seconds: gauge(
                 "iam_key_exporter_refresh_duration_seconds",
-                "Duration of the last inventory refresh, successful or not.",
+                "Duration of the last inventory refresh of every account, successful or not.",
             ),
             last_refresh_success_timestamp_seconds: gauge(
                 "iam_key_exporter_last_refresh_success_timestamp_seconds",
-                "Unix time of the last successful inventory refresh: the age of the data served.",
+                "Unix time of the oldest account's last successful refresh: the age of the stalest data served (0 while an account has none).",
+            ),
+            aws_rate_limit_wait_seconds_total,
+            accounts: int_gauge(
+                "iam_key_exporter_accounts",
+                "Accounts this replica watches: configured and discovered, in its shard.",
+            ),
+            account_refresh_success: int_gauge_vec(
+                "iam_key_exporter_account_refresh_success",
+                "1 if the account's last inventory refresh succeeded, else 0.",
+                ACCOUNT_LABELS,
+            ),
+            account_refresh_duration_seconds: gauge_vec(
+                "iam_key_exporter_account_refresh_duration_seconds",
+                "Duration of the account's last inventory refresh, successful or not.",
+                ACCOUNT_LABELS,
+            ),
+            account_last_refresh_success_timestamp_seconds: gauge_vec(
+                "iam_key_exporter_account_last_refresh_success_timestamp_seconds",
+                "Unix time of the account's last successful refresh: the age of its data (0 before the first).",
+                ACCOUNT_LABELS,
+            ),
+            account_feature_degraded: int_gauge_vec(
+                "iam_key_exporter_account_feature_degraded",
+                "1 while a feature is off for the account because IAM denied its calls (root_keys, credential_report, tags, service_access), else 0.",
+                &["account_id", "feature"],
+            ),
+            discovery_success: int_gauge(
+                "iam_key_exporter_discovery_success",
+                "1 if the last Organizations ListAccounts succeeded (or discovery is off), else 0.",
+            ),
+            discovery_last_success_timestamp_seconds: gauge(
+                "iam_key_exporter_discovery_last_success_timestamp_seconds",
+                "Unix time of the last successful account discovery.",
             ),
             refresh_failures_total,
             aws_requests_total: counter_vec(

@@ -3,8 +3,10 @@
 //! built completely and then swapped in, so a scrape sees one whole inventory or the
 //! previous one.
 
+use std::collections::{BTreeMap, HashSet};
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use arc_swap::{ArcSwap, ArcSwapOption};
@@ -13,13 +15,16 @@ use futures_util::{StreamExt, stream};
 use tokio::sync::{Mutex, watch};
 use tokio::time::{Instant, MissedTickBehavior};
 
-use crate::config::{RefreshSettings, ServiceAccessSettings};
+use crate::config::{ServiceAccessSettings, Settings};
 use crate::exposition::{Exposition, GzipPrefix};
+use crate::features::Feature;
+use crate::fleet::{Account, Fleet};
 use crate::iam::{self, Clients, IamError, JobPolicy};
-use crate::inventory::{Inventory, ServiceCounts, ServiceCountsByArn, unix_seconds};
+use crate::inventory::{
+    AccountData, Inventory, ServiceCounts, TagLabels, tag_labels, unix_seconds,
+};
 use crate::metrics::ExporterMetrics;
 use crate::snapshot::Snapshot;
-use crate::source::{Origin, Source};
 
 /// How the last inventory refresh ended, for the landing page.
 #[derive(Debug, Clone)]
@@ -31,8 +36,10 @@ pub struct RefreshStatus {
 
 #[derive(Default)]
 struct Collected {
-    inventory: Option<Arc<Inventory>>,
-    service_counts: ServiceCountsByArn,
+    /// By account key, so the exposition lists accounts in a stable order.
+    accounts: BTreeMap<String, AccountData>,
+    /// Bumped at every change, so a render can tell whether it is already out of date.
+    version: u64,
 }
 
 /// What the refreshers publish and the HTTP server reads.
@@ -44,10 +51,13 @@ pub struct Shared {
     /// Held while an exposition is assembled, so an older one never replaces a newer one.
     assembling: std::sync::Mutex<()>,
     last_refresh: ArcSwapOption<RefreshStatus>,
-    /// Held while a snapshot is rendered and swapped in, so two publishers can never
-    /// swap in their snapshots out of order.
     collected: Mutex<Collected>,
-    /// Bumped at every new inventory; the service-access loop waits for the first.
+    /// Held while a snapshot is rendered and swapped in, so two publishers can never swap
+    /// in their snapshots out of order.
+    rendering: Mutex<()>,
+    /// The `Collected::version` the current snapshot was rendered from.
+    rendered_version: AtomicU64,
+    /// Bumped at every new inventory; the slow loops wait for the first.
     inventory_generation: watch::Sender<u64>,
     /// Bumped when an inventory refresh finishes, whether it succeeded or not.
     refreshes_finished: watch::Sender<u64>,
@@ -62,6 +72,8 @@ impl Shared {
             snapshot: ArcSwapOption::empty(),
             last_refresh: ArcSwapOption::empty(),
             collected: Mutex::new(Collected::default()),
+            rendering: Mutex::new(()),
+            rendered_version: AtomicU64::new(0),
             inventory_generation: watch::channel(0).0,
             refreshes_finished: watch::channel(0).0,
         };
@@ -101,40 +113,91 @@ impl Shared {
         self.snapshot.load().is_some()
     }
 
-    /// Replaces the inventory and publishes it. Service counts of users that are gone are
-    /// dropped with them.
-    pub async fn publish_inventory(&self, inventory: Inventory) {
-        let mut collected = self.collected.lock().await;
-        let arns: std::collections::HashSet<&str> =
-            inventory.users.iter().map(|u| u.arn.as_str()).collect();
-        collected
-            .service_counts
-            .retain(|arn, _| arns.contains(arn.as_str()));
-        collected.inventory = Some(Arc::new(inventory));
-        self.render_and_swap(&collected).await;
+    /// Replaces one account's inventory and publishes it. Service counts and tags of users
+    /// that are gone are dropped with them.
+    pub async fn publish_inventory(
+        &self,
+        account: &str,
+        name: Option<String>,
+        inventory: Inventory,
+    ) {
+        self.change(|collected| {
+            let data = collected.accounts.entry(account.to_string()).or_default();
+            let arns: HashSet<&str> = inventory.users.iter().map(|u| u.arn.as_str()).collect();
+            data.service_counts
+                .retain(|arn, _| arns.contains(arn.as_str()));
+            data.tags.retain(|arn, _| arns.contains(arn.as_str()));
+            data.name = name;
+            data.inventory = Some(Arc::new(inventory));
+        })
+        .await;
+        self.render_and_swap().await;
         self.inventory_generation.send_modify(|g| *g += 1);
     }
 
-    /// Stores one user's service counts; they are published with the next snapshot.
-    pub async fn set_service_counts(&self, arn: String, counts: ServiceCounts) {
-        self.collected
-            .lock()
-            .await
-            .service_counts
-            .insert(arn, counts);
-    }
-
-    /// Publishes the current inventory with the latest service counts.
-    pub async fn republish(&self) {
-        let collected = self.collected.lock().await;
-        self.render_and_swap(&collected).await;
-    }
-
-    pub async fn user_arns(&self) -> Vec<String> {
-        let collected = self.collected.lock().await;
-        collected.inventory.as_ref().map_or_else(Vec::new, |inv| {
-            inv.users.iter().map(|u| u.arn.clone()).collect()
+    /// Drops an account that is no longer watched; its series vanish with the next snapshot.
+    pub async fn remove_account(&self, account: &str) {
+        self.change(|collected| {
+            collected.accounts.remove(account);
         })
+        .await;
+        self.render_and_swap().await;
+    }
+
+    /// Stores one user's service counts; they are published with the next snapshot.
+    pub async fn set_service_counts(&self, account: &str, arn: String, counts: ServiceCounts) {
+        self.change(|collected| {
+            if let Some(data) = collected.accounts.get_mut(account) {
+                data.service_counts.insert(arn, counts);
+            }
+        })
+        .await;
+    }
+
+    /// Makes room for an account's slow data before its first inventory is published.
+    pub async fn ensure_account(&self, account: &str) {
+        let mut collected = self.collected.lock().await;
+        collected.accounts.entry(account.to_string()).or_default();
+    }
+
+    /// Stores one user's tag labels; they are published with the next snapshot.
+    pub async fn set_tags(&self, account: &str, arn: String, tags: TagLabels) {
+        self.change(|collected| {
+            if let Some(data) = collected.accounts.get_mut(account) {
+                data.tags.insert(arn, tags);
+            }
+        })
+        .await;
+    }
+
+    /// Publishes the current inventories with the latest service counts and tags.
+    pub async fn republish(&self) {
+        self.render_and_swap().await;
+    }
+
+    /// The account's users as (name, ARN), in inventory order.
+    pub async fn users(&self, account: &str) -> Vec<(String, String)> {
+        let collected = self.collected.lock().await;
+        let inventory = collected
+            .accounts
+            .get(account)
+            .and_then(|data| data.inventory.clone());
+        inventory.map_or_else(Vec::new, |inv| {
+            inv.users
+                .iter()
+                .map(|u| (u.name.clone(), u.arn.clone()))
+                .collect()
+        })
+    }
+
+    /// ARNs of the account's users whose tags have been read.
+    pub async fn tagged_users(&self, account: &str) -> HashSet<String> {
+        let collected = self.collected.lock().await;
+        collected
+            .accounts
+            .get(account)
+            .map(|data| data.tags.keys().cloned().collect())
+            .unwrap_or_default()
     }
 
     /// Resolves once a first inventory refresh has finished, successful or not.
@@ -151,18 +214,29 @@ impl Shared {
         let _ = generation.wait_for(|g| *g > 0).await;
     }
 
-    async fn render_and_swap(&self, collected: &Collected) {
-        let Some(inventory) = collected.inventory.clone() else {
+    async fn change(&self, edit: impl FnOnce(&mut Collected)) {
+        let mut collected = self.collected.lock().await;
+        edit(&mut collected);
+        collected.version += 1;
+    }
+
+    /// Renders every account's data and swaps the snapshot in. Publishers that finish
+    /// while a render runs wait for it; the first of them renders once for all of them,
+    /// and the others find their data already published, so a thousand accounts finishing
+    /// together cost a few renders, not a thousand.
+    async fn render_and_swap(&self) {
+        let wanted = self.collected.lock().await.version;
+        let _one_at_a_time = self.rendering.lock().await;
+        if self.rendered_version.load(Ordering::Acquire) >= wanted && self.is_ready() {
             return;
+        }
+        let (accounts, version) = {
+            let collected = self.collected.lock().await;
+            (collected.accounts.clone(), collected.version)
         };
-        let counts = collected.service_counts.clone();
         // Rendering tens of thousands of series is CPU work: keep it off the threads
         // that answer scrapes.
-        let snapshot = match tokio::task::spawn_blocking(move || {
-            Snapshot::build(&inventory, &counts)
-        })
-        .await
-        {
+        let snapshot = match tokio::task::spawn_blocking(move || Snapshot::build(&accounts)).await {
             Ok(snapshot) => snapshot,
             Err(err) => {
                 tracing::error!(error = %err, "rendering a snapshot failed; the previous one stays");
@@ -172,6 +246,7 @@ impl Shared {
         self.metrics.snapshot_users.set(snapshot.users as i64);
         self.metrics.snapshot_access_keys.set(snapshot.keys as i64);
         self.snapshot.store(Some(Arc::new(snapshot)));
+        self.rendered_version.store(version, Ordering::Release);
     }
 }
 
@@ -194,72 +269,80 @@ where
 /// How often a report file is checked for changes.
 const FILE_CHECK_INTERVAL: Duration = Duration::from_secs(5);
 
-/// Refreshes the key inventory forever: every `settings.interval`, and for a report file
-/// also as soon as the file changes.
-pub async fn run_key_refresh(source: Arc<Source>, settings: RefreshSettings, shared: Arc<Shared>) {
-    let tick = match source.origin {
-        Origin::File { .. } => settings.interval.min(FILE_CHECK_INTERVAL),
-        Origin::Aws { .. } => settings.interval,
+/// Users whose tags are read at once.
+const TAG_CONCURRENCY: usize = 4;
+
+/// Refreshes every account's key inventory forever: every `refresh.interval`, and for a
+/// report file also as soon as the file changes.
+pub async fn run_key_refresh(fleet: Arc<Fleet>, settings: Settings, shared: Arc<Shared>) {
+    let interval = settings.refresh.interval;
+    let tick = if fleet.is_file() {
+        interval.min(FILE_CHECK_INTERVAL)
+    } else {
+        interval
     };
     let mut last: Option<Instant> = None;
     every(tick, || {
-        let due = last.is_none_or(|at| at.elapsed() >= settings.interval) || source.changed();
+        let due = last.is_none_or(|at| at.elapsed() >= interval) || fleet.file_changed();
         if due {
             last = Some(Instant::now());
         }
-        let (source, settings, shared) = (&source, &settings, &shared);
+        let (fleet, settings, shared) = (&fleet, &settings, &shared);
         async move {
             if due {
-                refresh_keys_once(source, settings, shared).await;
+                refresh_keys_once(fleet, settings, shared).await;
             }
         }
     })
     .await
 }
 
-/// One inventory refresh, published if it succeeds; its outcome is recorded either way.
-/// Returns whether it succeeded.
-pub async fn refresh_keys_once(
-    source: &Source,
-    settings: &RefreshSettings,
-    shared: &Shared,
-) -> bool {
+/// One refresh of every account, at most `refresh.max_concurrent_accounts` at once. Each
+/// account publishes as soon as it is done; one that fails keeps its previous data and
+/// never holds back the others. Returns whether every account succeeded.
+pub async fn refresh_keys_once(fleet: &Fleet, settings: &Settings, shared: &Shared) -> bool {
     let metrics = &shared.metrics;
     let started = Instant::now();
-    let work = source.collect(metrics);
-    let outcome = match tokio::time::timeout(settings.timeout, work).await {
-        Ok(Ok(inventory)) => Ok(inventory),
-        Ok(Err(err)) => Err(err.to_string()),
-        Err(_) => Err(format!(
-            "refresh did not finish within {}",
-            humantime::format_duration(settings.timeout)
-        )),
-    };
+    let (accounts, removed) = fleet.refresh_accounts(metrics).await;
+    for account in removed {
+        shared.remove_account(&account.target.key).await;
+    }
+    let errors: Vec<String> = stream::iter(accounts.clone())
+        .map(|account| async move { refresh_account(&account, settings, shared).await })
+        .buffer_unordered(settings.refresh.max_concurrent_accounts)
+        .filter_map(|outcome| std::future::ready(outcome.err()))
+        .collect()
+        .await;
+    if shared.snapshot().is_none() && errors.is_empty() {
+        // No account at all (an empty shard or organization) is still an answer to serve.
+        shared.republish().await;
+    }
+
     let duration = started.elapsed();
     metrics.refresh_duration_seconds.set(duration.as_secs_f64());
-    let error = match outcome {
-        Ok(inventory) => {
-            tracing::info!(
-                users = inventory.users.len(),
-                keys = inventory.key_count(),
-                duration_ms = duration.as_millis() as u64,
-                "inventory refreshed"
-            );
-            shared.publish_inventory(inventory).await;
-            metrics.refresh_success.set(1);
-            metrics
-                .last_refresh_success_timestamp_seconds
-                .set(unix_seconds(SystemTime::now()));
-            None
-        }
-        Err(error) => {
-            tracing::warn!(%error, "inventory refresh failed; serving the previous data");
-            metrics.refresh_success.set(0);
-            metrics.refresh_failures_total.inc();
-            Some(error)
-        }
-    };
-    let succeeded = error.is_none();
+    metrics.refresh_success.set(i64::from(errors.is_empty()));
+    // The stalest account's data: what an alert on data age must see.
+    let oldest_success = accounts
+        .iter()
+        .map(|a| *a.last_success.lock().expect("not poisoned"))
+        .try_fold(None::<SystemTime>, |oldest, success| {
+            success.map(|at| Some(oldest.map_or(at, |o| o.min(at))))
+        });
+    metrics
+        .last_refresh_success_timestamp_seconds
+        .set(match oldest_success {
+            Some(Some(at)) => unix_seconds(at),
+            Some(None) => unix_seconds(SystemTime::now()),
+            None => 0.0,
+        });
+    let error = (!errors.is_empty()).then(|| {
+        format!(
+            "{} of {} accounts failed: {}",
+            errors.len(),
+            accounts.len(),
+            errors.join("; ")
+        )
+    });
     shared.last_refresh.store(Some(Arc::new(RefreshStatus {
         finished_at: SystemTime::now(),
         duration,
@@ -267,48 +350,245 @@ pub async fn refresh_keys_once(
     })));
     shared.refresh_exposition();
     shared.refreshes_finished.send_modify(|n| *n += 1);
-    succeeded
+    errors.is_empty()
 }
 
-/// Refreshes every user's service counts forever, starting after the first inventory.
-pub async fn run_service_access_refresh(
-    clients: Clients,
-    settings: ServiceAccessSettings,
-    shared: Arc<Shared>,
+/// One account's refresh, published if it succeeds; its health is recorded either way.
+async fn refresh_account(
+    account: &Account,
+    settings: &Settings,
+    shared: &Shared,
+) -> Result<(), String> {
+    let metrics = &shared.metrics;
+    let started = Instant::now();
+    let work = async {
+        let inventory = account.source.collect(metrics).await?;
+        read_new_users_tags(account, &inventory, settings, shared).await;
+        Ok::<_, crate::source::SourceError>(inventory)
+    };
+    let outcome = match tokio::time::timeout(settings.refresh.timeout, work).await {
+        Ok(Ok(inventory)) => Ok(inventory),
+        Ok(Err(err)) => Err(err.to_string()),
+        Err(_) => Err(format!(
+            "refresh did not finish within {}",
+            humantime::format_duration(settings.refresh.timeout)
+        )),
+    };
+    let duration = started.elapsed();
+    let labels = account.health_labels(metrics);
+    let labels = [labels[0].as_str(), labels[1].as_str()];
+    metrics
+        .account_refresh_duration_seconds
+        .with_label_values(&labels)
+        .set(duration.as_secs_f64());
+    let last_success = metrics
+        .account_last_refresh_success_timestamp_seconds
+        .with_label_values(&labels);
+    match outcome {
+        Ok(inventory) => {
+            tracing::info!(
+                account_id = labels[0],
+                users = inventory.users.len(),
+                keys = inventory.key_count(),
+                duration_ms = duration.as_millis() as u64,
+                "inventory refreshed"
+            );
+            let key = &account.target.key;
+            shared
+                .publish_inventory(key, account.target.name.clone(), inventory)
+                .await;
+            let now = SystemTime::now();
+            *account.last_success.lock().expect("not poisoned") = Some(now);
+            metrics
+                .account_refresh_success
+                .with_label_values(&labels)
+                .set(1);
+            last_success.set(unix_seconds(now));
+            Ok(())
+        }
+        Err(error) => {
+            tracing::warn!(account_id = labels[0], %error, "inventory refresh failed; serving the account's previous data");
+            metrics
+                .account_refresh_success
+                .with_label_values(&labels)
+                .set(0);
+            metrics.refresh_failures_total.inc();
+            if last_success.get() == 0.0 {
+                // Present from the first failure on, so `time() - ...` alerts see it.
+                last_success.set(0.0);
+            }
+            Err(format!("{}: {error}", labels[0]))
+        }
+    }
+}
+
+/// Reads the tags of users whose tags are not known yet, so a new user's series carry
+/// their tag labels from their first snapshot on (series that gained labels later would
+/// be new series to Prometheus). Everyone's tags are read again by `run_tag_refresh`.
+async fn read_new_users_tags(
+    account: &Account,
+    inventory: &Inventory,
+    settings: &Settings,
+    shared: &Shared,
 ) {
+    let Some(clients) = account.clients() else {
+        return;
+    };
+    if settings.tags.keys.is_empty() || account.source.degraded.is_off(Feature::Tags) {
+        return;
+    }
+    let key = &account.target.key;
+    let known = shared.tagged_users(key).await;
+    // An account published for the first time has no entry yet: the tags are stored with
+    // its inventory below, by `publish_inventory`'s caller, in one snapshot.
+    let users: Vec<(String, String)> = inventory
+        .users
+        .iter()
+        .filter(|u| !known.contains(&u.arn))
+        .map(|u| (u.name.clone(), u.arn.clone()))
+        .collect();
+    if users.is_empty() {
+        return;
+    }
+    shared.ensure_account(key).await;
+    read_tags(account, clients, users, settings, shared).await;
+}
+
+/// Reads the tags of `users` and stores them for the next snapshot. A denied
+/// ListUserTags turns the tags feature off for the account (logged once); other failures
+/// keep each user's previous tags and are logged once per pass.
+async fn read_tags(
+    account: &Account,
+    clients: &Clients,
+    users: Vec<(String, String)>,
+    settings: &Settings,
+    shared: &Shared,
+) {
+    let metrics = &shared.metrics;
+    let account_id = account.id();
+    let key = &account.target.key;
+    let results: Vec<Result<(), IamError>> = stream::iter(users)
+        .map(|(name, arn)| async move {
+            let tags = iam::user_tags(&clients.iam, metrics, &name).await?;
+            let labels = tag_labels(&settings.tags.keys, &tags);
+            shared.set_tags(key, arn, labels).await;
+            Ok(())
+        })
+        .buffer_unordered(TAG_CONCURRENCY)
+        .collect()
+        .await;
+    let degraded = &account.source.degraded;
+    let mut other_error = None;
+    let mut denied = None;
+    let mut succeeded = false;
+    for result in results {
+        match result {
+            Ok(()) => succeeded = true,
+            Err(err) if err.is_access_denied() => denied = Some(err),
+            Err(err) => other_error = Some(err),
+        }
+    }
+    match denied {
+        Some(err) => degraded.denied(metrics, &account_id, Feature::Tags, &err),
+        None if succeeded => degraded.working(metrics, &account_id, Feature::Tags),
+        None => {}
+    }
+    if let Some(err) = other_error {
+        tracing::warn!(account_id, error = %err, "some users' tags could not be read; their previous tags stay");
+    }
+}
+
+/// Reads every user's tags again, forever, every `tags.interval`.
+pub async fn run_tag_refresh(fleet: Arc<Fleet>, settings: Settings, shared: Arc<Shared>) {
     shared.first_inventory().await;
-    every(settings.interval, || {
-        refresh_service_access_once(&clients, &settings, &shared)
+    every(settings.tags.interval, || {
+        refresh_tags_once(&fleet, &settings, &shared)
     })
     .await
 }
 
-/// One pass over every user's service-last-accessed job, then a new snapshot.
-pub async fn refresh_service_access_once(
+/// One pass over every account's users' tags, then a new snapshot.
+pub async fn refresh_tags_once(fleet: &Fleet, settings: &Settings, shared: &Shared) {
+    stream::iter(fleet.current())
+        .map(|account| async move {
+            if let Some(clients) = account.clients() {
+                let users = shared.users(&account.target.key).await;
+                read_tags(&account, clients, users, settings, shared).await;
+            }
+        })
+        .buffer_unordered(settings.refresh.max_concurrent_accounts)
+        .collect::<Vec<()>>()
+        .await;
+    shared.republish().await;
+    shared.refresh_exposition();
+}
+
+/// Refreshes every user's service counts forever, starting after the first inventory.
+pub async fn run_service_access_refresh(
+    fleet: Arc<Fleet>,
+    settings: Settings,
+    shared: Arc<Shared>,
+) {
+    shared.first_inventory().await;
+    every(settings.service_access.interval, || {
+        refresh_service_access_once(&fleet, &settings, &shared)
+    })
+    .await
+}
+
+/// One pass over every account's users' service-last-accessed jobs, then a new snapshot.
+pub async fn refresh_service_access_once(fleet: &Fleet, settings: &Settings, shared: &Shared) {
+    let metrics = &shared.metrics;
+    let started = Instant::now();
+    stream::iter(fleet.current())
+        .map(|account| async move {
+            if let Some(clients) = account.clients() {
+                account_service_access(&account, clients, &settings.service_access, shared).await;
+            }
+        })
+        .buffer_unordered(settings.refresh.max_concurrent_accounts)
+        .collect::<Vec<()>>()
+        .await;
+    shared.republish().await;
+    metrics
+        .service_access_duration_seconds
+        .set(started.elapsed().as_secs_f64());
+    metrics
+        .service_access_last_run_timestamp_seconds
+        .set(unix_seconds(SystemTime::now()));
+    shared.refresh_exposition();
+}
+
+async fn account_service_access(
+    account: &Account,
     clients: &Clients,
     settings: &ServiceAccessSettings,
     shared: &Shared,
 ) {
     let metrics = &shared.metrics;
-    let started = Instant::now();
     let policy = JobPolicy {
         poll_interval: settings.poll_interval,
         poll_interval_max: settings.poll_interval_max,
         timeout: settings.job_timeout,
     };
-    let arns = shared.user_arns().await;
-    let users = arns.len();
-    let results: Vec<Result<(), IamError>> = stream::iter(arns)
-        .map(|arn| async move {
+    let key = &account.target.key;
+    let users = shared.users(key).await;
+    let count = users.len();
+    let results: Vec<Result<(), IamError>> = stream::iter(users)
+        .map(|(_, arn)| async move {
             let counts = iam::service_counts(&clients.iam, metrics, &arn, policy).await?;
-            shared.set_service_counts(arn, counts).await;
+            shared.set_service_counts(key, arn, counts).await;
             Ok(())
         })
         .buffer_unordered(settings.max_concurrent_jobs)
         .collect()
         .await;
 
+    let account_id = account.id();
+    let degraded = &account.source.degraded;
     let mut first_error = None;
+    let mut denied = None;
+    let mut completed = false;
     for result in results {
         let label = match &result {
             Ok(()) => "completed",
@@ -320,23 +600,24 @@ pub async fn refresh_service_access_once(
             .service_access_jobs_total
             .with_label_values(&[label])
             .inc();
-        if let Err(err) = result {
-            first_error.get_or_insert(err);
+        match result {
+            Ok(()) => completed = true,
+            Err(err) if err.is_access_denied() => denied = Some(err),
+            Err(err) => {
+                first_error.get_or_insert(err);
+            }
         }
+    }
+    match denied {
+        Some(err) => degraded.denied(metrics, &account_id, Feature::ServiceAccess, &err),
+        None if completed => degraded.working(metrics, &account_id, Feature::ServiceAccess),
+        None => {}
     }
     // One line per pass, not one per user: a missing permission would otherwise log
     // thousands of identical lines.
     if let Some(err) = first_error {
-        tracing::warn!(users, error = %err, "some service-last-accessed jobs did not complete; their previous counts stay");
+        tracing::warn!(account_id, users = count, error = %err, "some service-last-accessed jobs did not complete; their previous counts stay");
     }
-    shared.republish().await;
-    metrics
-        .service_access_duration_seconds
-        .set(started.elapsed().as_secs_f64());
-    metrics
-        .service_access_last_run_timestamp_seconds
-        .set(unix_seconds(SystemTime::now()));
-    shared.refresh_exposition();
 }
 
 #[cfg(test)]
@@ -367,6 +648,8 @@ mod tests {
         }
     }
 
+    const A: &str = "123456789012";
+
     fn exposition(shared: &Shared) -> String {
         String::from_utf8(shared.snapshot().unwrap().exposition.to_vec()).unwrap()
     }
@@ -375,7 +658,9 @@ mod tests {
     async fn service_counts_join_the_inventory_and_leave_with_their_user() {
         let shared = Shared::new(Arc::new(ExporterMetrics::new()));
         assert!(!shared.is_ready());
-        shared.publish_inventory(inventory(&["alice", "bob"])).await;
+        shared
+            .publish_inventory(A, None, inventory(&["alice", "bob"]))
+            .await;
         assert!(shared.is_ready());
         assert_eq!(shared.metrics.snapshot_users.get(), 2);
         assert!(!exposition(&shared).contains("aws_iam_user_services_granted"));
@@ -384,8 +669,8 @@ mod tests {
             accessed: 1,
             granted: 4,
         };
-        for arn in shared.user_arns().await {
-            shared.set_service_counts(arn, counts).await;
+        for (_, arn) in shared.users(A).await {
+            shared.set_service_counts(A, arn, counts).await;
         }
         // Stored counts are published by the next snapshot, not before.
         assert!(!exposition(&shared).contains("aws_iam_user_services_granted"));
@@ -398,7 +683,9 @@ mod tests {
         );
 
         // bob is deleted: his keys and counts go with him, and do not come back later.
-        shared.publish_inventory(inventory(&["alice"])).await;
+        shared
+            .publish_inventory(A, None, inventory(&["alice"]))
+            .await;
         shared.republish().await;
         let text = exposition(&shared);
         assert!(!text.contains("user=\"bob\""), "{text}");

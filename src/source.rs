@@ -10,6 +10,7 @@ use tokio::sync::OnceCell;
 
 use crate::config::{FilterSettings, LabelSettings, SourceKind, SourceSettings};
 use crate::credential_report::{self, ReportError};
+use crate::features::{Degraded, Feature};
 use crate::filter::{UserFilter, mask_key_ids};
 use crate::iam::{self, Clients, IamError, ReportPolicy};
 use crate::inventory::Inventory;
@@ -42,6 +43,8 @@ pub struct Source {
     pub origin: Origin,
     filter: UserFilter,
     mask_key_ids: bool,
+    /// Features IAM denied for this account.
+    pub degraded: Degraded,
 }
 
 pub enum Origin {
@@ -57,6 +60,8 @@ pub enum Origin {
         path: PathBuf,
         /// Modification time and length at the last read, to notice a new file.
         seen: Mutex<Option<(SystemTime, u64)>>,
+        /// The account the last file read belonged to.
+        account_id: Mutex<Option<String>>,
     },
 }
 
@@ -66,6 +71,15 @@ impl Source {
             origin,
             filter: UserFilter::new(filter),
             mask_key_ids: labels.mask_key_ids,
+            degraded: Degraded::default(),
+        }
+    }
+
+    /// The account id, once known: from the role ARN, STS, or the report file's ARNs.
+    pub fn account_id(&self) -> Option<String> {
+        match &self.origin {
+            Origin::Aws { account_id, .. } => account_id.get().cloned(),
+            Origin::File { account_id, .. } => account_id.lock().expect("not poisoned").clone(),
         }
     }
 
@@ -85,7 +99,10 @@ impl Source {
 
     /// An inventory of the users the filter allows, key ids masked if configured.
     pub async fn collect(&self, metrics: &ExporterMetrics) -> Result<Inventory, SourceError> {
-        let mut inventory = self.origin.collect(metrics, &self.filter).await?;
+        let mut inventory = self
+            .origin
+            .collect(metrics, &self.filter, &self.degraded)
+            .await?;
         self.filter.apply(&mut inventory);
         if self.mask_key_ids {
             mask_key_ids(&mut inventory);
@@ -95,7 +112,13 @@ impl Source {
 }
 
 impl Origin {
-    pub fn aws(clients: Clients, settings: &SourceSettings, concurrency: usize) -> Origin {
+    /// `account_id` is known up front for an assumed role; otherwise STS is asked once.
+    pub fn aws(
+        clients: Clients,
+        settings: &SourceSettings,
+        concurrency: usize,
+        account_id: Option<String>,
+    ) -> Origin {
         Origin::Aws {
             clients,
             kind: settings.kind,
@@ -106,7 +129,7 @@ impl Origin {
                 timeout: settings.report_timeout,
             },
             concurrency,
-            account_id: OnceCell::new(),
+            account_id: OnceCell::new_with(account_id),
         }
     }
 
@@ -114,13 +137,14 @@ impl Origin {
         Origin::File {
             path,
             seen: Mutex::new(None),
+            account_id: Mutex::new(None),
         }
     }
 
     fn changed(&self) -> bool {
         match self {
             Origin::Aws { .. } => false,
-            Origin::File { path, seen } => {
+            Origin::File { path, seen, .. } => {
                 let stamp = file_stamp(path);
                 stamp.is_some() && stamp != *seen.lock().expect("not poisoned")
             }
@@ -131,6 +155,7 @@ impl Origin {
         &self,
         metrics: &ExporterMetrics,
         filter: &UserFilter,
+        degraded: &Degraded,
     ) -> Result<Inventory, SourceError> {
         match self {
             Origin::Aws {
@@ -145,19 +170,26 @@ impl Origin {
                     .await?
                     .clone();
                 let iam = &clients.iam;
-                let inventory = match kind {
+                let mut inventory = match kind {
                     SourceKind::Api => {
                         iam::collect_inventory(iam, metrics, &account, *concurrency, None, filter)
                             .await?
                     }
                     SourceKind::Auto => {
-                        let report = iam::credential_report(iam, metrics, *report).await?;
+                        // Without the report, `auto` is the API source: slower, as complete.
+                        let report = iam::credential_report(iam, metrics, *report).await;
+                        let report = degraded.observe(
+                            metrics,
+                            &account,
+                            Feature::CredentialReport,
+                            report,
+                        )?;
                         iam::collect_inventory(
                             iam,
                             metrics,
                             &account,
                             *concurrency,
-                            Some(&report),
+                            report.as_ref(),
                             filter,
                         )
                         .await?
@@ -165,17 +197,29 @@ impl Origin {
                     // A report file is `Origin::File`; only the report itself reaches here.
                     SourceKind::CredentialReport | SourceKind::CredentialReportFile => {
                         let report = iam::credential_report(iam, metrics, *report).await?;
-                        credential_report::inventory_by_slot(
+                        return Ok(credential_report::inventory_by_slot(
                             &report.rows,
                             account,
                             Some(report.generated_at),
                             SystemTime::now(),
-                        )
+                        ));
                     }
                 };
+                // GetAccountSummary is current where the report's root row may be hours
+                // old; without it, the root row (if any) still answers.
+                let summary = iam::root_access_keys_present(iam, metrics).await;
+                let from_summary =
+                    degraded.observe(metrics, &account, Feature::RootKeys, summary)?;
+                let facts = &mut inventory.account;
+                facts.root_access_keys_present =
+                    from_summary.or_else(|| facts.root.as_ref().map(|root| !root.keys.is_empty()));
                 Ok(inventory)
             }
-            Origin::File { path, seen } => {
+            Origin::File {
+                path,
+                seen,
+                account_id,
+            } => {
                 let display = path.display().to_string();
                 let stamp = file_stamp(path);
                 let bytes = std::fs::read(path).map_err(|source| SourceError::File {
@@ -194,6 +238,7 @@ impl Origin {
                     .find_map(|r| credential_report::account_of(&r.arn))
                     .unwrap_or("unknown")
                     .to_string();
+                *account_id.lock().expect("not poisoned") = Some(account.clone());
                 // A file carries no GeneratedTime; its modification time is the closest.
                 let generated = stamp.map(|(modified, _)| modified);
                 Ok(credential_report::inventory_by_slot(

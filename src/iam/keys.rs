@@ -35,7 +35,6 @@ pub async fn collect_inventory(
     report: Option<&CredentialReport>,
     filter: &UserFilter,
 ) -> Result<Inventory, IamError> {
-    let root_access_keys_present = root_access_keys_present(iam, metrics).await?;
     let mut listed = list_users(iam, metrics).await?;
     // Users the filter excludes cost no further calls.
     listed.retain(|(name, arn)| filter.allows(name, arn));
@@ -61,7 +60,8 @@ pub async fn collect_inventory(
         collected_at: SystemTime::now(),
         users: users.into_iter().filter_map(|(_, user)| user).collect(),
         account: AccountFacts {
-            root_access_keys_present: Some(root_access_keys_present),
+            // Asked separately (`root_access_keys_present`): IAM may deny it alone.
+            root_access_keys_present: None,
             root: report
                 .and_then(|r| r.rows.iter().find(|row| row.is_root()))
                 .map(ReportRow::to_user_by_slot),
@@ -71,7 +71,7 @@ pub async fn collect_inventory(
 }
 
 /// GetAccountSummary's AccountAccessKeysPresent: current, and readable without the report.
-async fn root_access_keys_present(
+pub async fn root_access_keys_present(
     iam: &Client,
     metrics: &ExporterMetrics,
 ) -> Result<bool, IamError> {

@@ -2,20 +2,27 @@
 //! every request, and turns SDK types into the plain data of `crate::inventory`.
 
 mod keys;
+mod organizations;
+mod rate_limit;
 mod report;
 mod service_access;
+mod tags;
 #[cfg(test)]
 mod tests;
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use aws_config::SdkConfig;
 use aws_config::retry::RetryConfig;
+use aws_config::sts::AssumeRoleProvider;
 use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, Region};
+use aws_credential_types::provider::SharedCredentialsProvider;
 use aws_sdk_iam::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_smithy_http_client::tls;
 use aws_smithy_runtime_api::box_error::BoxError;
+use aws_smithy_runtime_api::client::http::SharedHttpClient;
 use aws_smithy_runtime_api::client::interceptors::Intercept;
 use aws_smithy_runtime_api::client::interceptors::context::BeforeTransmitInterceptorContextRef;
 use aws_smithy_runtime_api::client::orchestrator::Metadata;
@@ -25,9 +32,17 @@ use aws_smithy_types::config_bag::ConfigBag;
 use crate::config::{AwsSettings, RetryMode};
 use crate::metrics::ExporterMetrics;
 
-pub use keys::collect_inventory;
+pub use keys::{collect_inventory, root_access_keys_present};
+pub use organizations::{
+    CallerIdentity, OrganizationAccount, caller_account_id, caller_identity,
+    list_organization_accounts,
+};
+pub use rate_limit::TokenBucket;
 pub use report::{CredentialReport, ReportPolicy, credential_report};
 pub use service_access::{JobPolicy, service_counts};
+pub use tags::user_tags;
+
+use rate_limit::RateLimitedClient;
 
 /// A failure talking to IAM or STS. Messages carry operation names, codes and ARNs,
 /// never credentials.
@@ -55,6 +70,15 @@ pub enum IamError {
 }
 
 impl IamError {
+    /// IAM (or STS, or Organizations) refused the call for lack of a permission.
+    pub fn is_access_denied(&self) -> bool {
+        matches!(
+            self,
+            IamError::Call { code, .. }
+                if matches!(code.as_str(), "AccessDenied" | "AccessDeniedException" | "UnauthorizedOperation")
+        )
+    }
+
     fn call<E, R>(operation: &'static str, err: &SdkError<E, R>) -> Self
     where
         E: ProvideErrorMetadata + std::error::Error + 'static,
@@ -129,17 +153,29 @@ impl Intercept for CountRequests {
     }
 }
 
-/// The clients the exporter uses, configured once from the SDK's default chains.
-#[derive(Debug, Clone)]
-pub struct Clients {
-    pub iam: aws_sdk_iam::Client,
-    pub sts: aws_sdk_sts::Client,
+/// A role to assume for every call to an account.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AssumeRole {
+    pub arn: String,
+    pub external_id: Option<String>,
+    pub session_name: String,
 }
 
-impl Clients {
-    pub async fn from_env(settings: &AwsSettings, metrics: Arc<ExporterMetrics>) -> Clients {
+/// What the clients of every account share: the SDK configuration from the default chains
+/// (the exporter's own credentials, region, retries, timeouts) and one HTTP client, so
+/// that a thousand accounts still use one connection pool.
+#[derive(Debug, Clone)]
+pub struct AwsBase {
+    sdk: SdkConfig,
+    http: SharedHttpClient,
+    requests_per_second: f64,
+    metrics: Arc<ExporterMetrics>,
+}
+
+impl AwsBase {
+    pub async fn load(settings: &AwsSettings, metrics: Arc<ExporterMetrics>) -> AwsBase {
         // The slim SDK features leave the HTTP client to us: rustls with ring, one TLS stack.
-        let http_client = aws_smithy_http_client::Builder::new()
+        let http = aws_smithy_http_client::Builder::new()
             .tls_provider(tls::Provider::Rustls(
                 tls::rustls_provider::CryptoMode::Ring,
             ))
@@ -154,7 +190,7 @@ impl Clients {
             .operation_timeout(settings.call_timeout)
             .build();
         let mut loader = aws_config::defaults(BehaviorVersion::latest())
-            .http_client(http_client)
+            .http_client(http.clone())
             .retry_config(retry)
             .timeout_config(timeouts);
         if let Some(region) = &settings.region {
@@ -173,7 +209,42 @@ impl Clients {
                 .region(Region::from_static("us-east-1"))
                 .build();
         }
-        let counter = CountRequests { metrics };
+        AwsBase {
+            sdk,
+            http,
+            requests_per_second: settings.requests_per_second,
+            metrics,
+        }
+    }
+
+    /// The clients for one account: the exporter's own credentials, or `role` assumed with
+    /// them. Every request to the account, AssumeRole's included, passes the account's
+    /// own rate limit.
+    pub async fn clients(&self, role: Option<&AssumeRole>) -> Clients {
+        let mut sdk = self.sdk.clone();
+        if self.requests_per_second > 0.0 {
+            let limited = RateLimitedClient::new(
+                self.http.clone(),
+                self.requests_per_second,
+                self.metrics.clone(),
+            );
+            sdk = sdk.into_builder().http_client(limited).build();
+        }
+        if let Some(role) = role {
+            let mut provider = AssumeRoleProvider::builder(role.arn.clone())
+                .session_name(role.session_name.clone())
+                .configure(&sdk);
+            if let Some(id) = &role.external_id {
+                provider = provider.external_id(id.clone());
+            }
+            // The SDK's identity cache in front of the provider renews the role's
+            // credentials shortly before they expire; no call ever waits on an expired one.
+            let provider = SharedCredentialsProvider::new(provider.build().await);
+            sdk = sdk.into_builder().credentials_provider(provider).build();
+        }
+        let counter = CountRequests {
+            metrics: self.metrics.clone(),
+        };
         Clients {
             iam: aws_sdk_iam::Client::from_conf(
                 aws_sdk_iam::config::Builder::from(&sdk)
@@ -187,20 +258,32 @@ impl Clients {
             ),
         }
     }
+
+    /// An Organizations client with the exporter's own credentials, for discovery.
+    pub fn organizations(&self) -> aws_sdk_organizations::Client {
+        let counter = CountRequests {
+            metrics: self.metrics.clone(),
+        };
+        aws_sdk_organizations::Client::from_conf(
+            aws_sdk_organizations::config::Builder::from(&self.sdk)
+                .interceptor(counter)
+                .build(),
+        )
+    }
 }
 
-/// The account the exporter's credentials belong to (STS GetCallerIdentity).
-pub async fn caller_account_id(
-    sts: &aws_sdk_sts::Client,
-    metrics: &ExporterMetrics,
-) -> Result<String, IamError> {
-    const OP: &str = "GetCallerIdentity";
-    let output = observe(metrics, OP, sts.get_caller_identity().send().await)
-        .map_err(|e| IamError::call(OP, &e))?;
-    output.account.ok_or(IamError::Malformed {
-        operation: OP,
-        field: "Account",
-    })
+/// The clients for one account.
+#[derive(Debug, Clone)]
+pub struct Clients {
+    pub iam: aws_sdk_iam::Client,
+    pub sts: aws_sdk_sts::Client,
+}
+
+impl Clients {
+    /// The clients of the exporter's own account.
+    pub async fn from_env(settings: &AwsSettings, metrics: Arc<ExporterMetrics>) -> Clients {
+        AwsBase::load(settings, metrics).await.clients(None).await
+    }
 }
 
 fn to_system_time(

@@ -1,0 +1,118 @@
+//! Optional features of an account's refresh that IAM may deny one by one. A denied
+//! feature is switched off for that account and logged once, with the permission to
+//! grant; the rest of the refresh goes on. It comes back by itself when a later call is
+//! allowed again.
+
+use std::collections::HashSet;
+use std::sync::Mutex;
+
+use crate::iam::IamError;
+use crate::metrics::ExporterMetrics;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Feature {
+    /// GetAccountSummary: whether the root user has access keys.
+    RootKeys,
+    /// The credential report, in the `auto` source: without it every key costs a
+    /// GetAccessKeyLastUsed call.
+    CredentialReport,
+    /// ListUserTags: the tag labels.
+    Tags,
+    /// Service-last-accessed jobs: the service counts.
+    ServiceAccess,
+}
+
+impl Feature {
+    pub fn name(self) -> &'static str {
+        match self {
+            Feature::RootKeys => "root_keys",
+            Feature::CredentialReport => "credential_report",
+            Feature::Tags => "tags",
+            Feature::ServiceAccess => "service_access",
+        }
+    }
+
+    /// The permissions an operator must grant to turn the feature back on.
+    pub fn permissions(self) -> &'static str {
+        match self {
+            Feature::RootKeys => "iam:GetAccountSummary",
+            Feature::CredentialReport => "iam:GenerateCredentialReport and iam:GetCredentialReport",
+            Feature::Tags => "iam:ListUserTags",
+            Feature::ServiceAccess => {
+                "iam:GenerateServiceLastAccessedDetails and iam:GetServiceLastAccessedDetails"
+            }
+        }
+    }
+}
+
+/// Which features are off for one account.
+#[derive(Debug, Default)]
+pub struct Degraded {
+    off: Mutex<HashSet<Feature>>,
+}
+
+impl Degraded {
+    /// Records the outcome of a feature's call. Returns the error back when it is not a
+    /// denial, for the caller to handle as any other failure.
+    pub fn observe<T>(
+        &self,
+        metrics: &ExporterMetrics,
+        account_id: &str,
+        feature: Feature,
+        result: Result<T, IamError>,
+    ) -> Result<Option<T>, IamError> {
+        match result {
+            Ok(value) => {
+                self.working(metrics, account_id, feature);
+                Ok(Some(value))
+            }
+            Err(err) if err.is_access_denied() => {
+                self.denied(metrics, account_id, feature, &err);
+                Ok(None)
+            }
+            Err(err) => Err(err),
+        }
+    }
+
+    pub fn denied(
+        &self,
+        metrics: &ExporterMetrics,
+        account_id: &str,
+        feature: Feature,
+        err: &IamError,
+    ) {
+        metrics
+            .account_feature_degraded
+            .with_label_values(&[account_id, feature.name()])
+            .set(1);
+        // Once per account and feature, not once per refresh or per user: a missing
+        // permission would otherwise repeat the same line thousands of times.
+        if self.off.lock().expect("not poisoned").insert(feature) {
+            tracing::warn!(
+                account_id,
+                feature = feature.name(),
+                error = %err,
+                "IAM denied a call: this feature is off for the account until {} is granted; everything else goes on",
+                feature.permissions()
+            );
+        }
+    }
+
+    pub fn working(&self, metrics: &ExporterMetrics, account_id: &str, feature: Feature) {
+        metrics
+            .account_feature_degraded
+            .with_label_values(&[account_id, feature.name()])
+            .set(0);
+        if self.off.lock().expect("not poisoned").remove(&feature) {
+            tracing::info!(
+                account_id,
+                feature = feature.name(),
+                "IAM allows this feature's calls again"
+            );
+        }
+    }
+
+    pub fn is_off(&self, feature: Feature) -> bool {
+        self.off.lock().expect("not poisoned").contains(&feature)
+    }
+}
