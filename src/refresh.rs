@@ -307,7 +307,7 @@ pub async fn refresh_keys_once(fleet: &Fleet, settings: &Settings, shared: &Shar
     for account in removed {
         shared.remove_account(&account.target.key).await;
     }
-    let errors: Vec<String> = stream::iter(accounts.clone())
+    let errors: Vec<(String, String)> = stream::iter(accounts.clone())
         .map(|account| async move { refresh_account(&account, settings, shared).await })
         .buffer_unordered(settings.refresh.max_concurrent_accounts)
         .filter_map(|outcome| std::future::ready(outcome.err()))
@@ -335,14 +335,18 @@ pub async fn refresh_keys_once(fleet: &Fleet, settings: &Settings, shared: &Shar
             Some(None) => unix_seconds(SystemTime::now()),
             None => 0.0,
         });
-    let error = (!errors.is_empty()).then(|| {
-        format!(
-            "{} of {} accounts failed: {}",
-            errors.len(),
-            accounts.len(),
-            errors.join("; ")
-        )
-    });
+    let error = match (errors.as_slice(), accounts.len()) {
+        ([], _) => None,
+        ([(_, only)], 1) => Some(only.clone()),
+        (failed, total) => {
+            let each: Vec<String> = failed.iter().map(|(id, e)| format!("{id}: {e}")).collect();
+            Some(format!(
+                "{} of {total} accounts failed: {}",
+                failed.len(),
+                each.join("; ")
+            ))
+        }
+    };
     shared.last_refresh.store(Some(Arc::new(RefreshStatus {
         finished_at: SystemTime::now(),
         duration,
@@ -358,7 +362,7 @@ async fn refresh_account(
     account: &Account,
     settings: &Settings,
     shared: &Shared,
-) -> Result<(), String> {
+) -> Result<(), (String, String)> {
     let metrics = &shared.metrics;
     let started = Instant::now();
     let work = async {
@@ -417,7 +421,7 @@ async fn refresh_account(
                 // Present from the first failure on, so `time() - ...` alerts see it.
                 last_success.set(0.0);
             }
-            Err(format!("{}: {error}", labels[0]))
+            Err((labels[0].to_string(), error))
         }
     }
 }

@@ -806,3 +806,236 @@ async fn auto_takes_last_use_from_the_report_and_asks_only_for_newer_keys() {
         Some(report.generated_at)
     );
 }
+
+// ---- Accounts, tags and denied features ----
+
+#[tokio::test]
+async fn organization_accounts_are_read_over_every_page_with_their_state() {
+    use aws_sdk_organizations::operation::list_accounts::ListAccountsOutput;
+    use aws_sdk_organizations::types::{Account, AccountState, AccountStatus};
+    let account = |id: &str| Account::builder().id(id).name(format!("n{id}"));
+    let first = mock!(aws_sdk_organizations::Client::list_accounts)
+        .match_requests(|r| r.next_token().is_none())
+        .then_output(move || {
+            ListAccountsOutput::builder()
+                .accounts(account("111111111111").state(AccountState::Active).build())
+                .accounts(
+                    account("222222222222")
+                        .state(AccountState::Suspended)
+                        .build(),
+                )
+                .next_token("page-2")
+                .build()
+        });
+    #[allow(deprecated)]
+    let second = mock!(aws_sdk_organizations::Client::list_accounts)
+        .match_requests(|r| r.next_token() == Some("page-2"))
+        .then_output(move || {
+            ListAccountsOutput::builder()
+                // An older response: `Status` only.
+                .accounts(
+                    account("333333333333")
+                        .status(AccountStatus::Active)
+                        .build(),
+                )
+                .accounts(
+                    account("444444444444")
+                        .state(AccountState::PendingClosure)
+                        .build(),
+                )
+                .build()
+        });
+    let metrics = Arc::new(ExporterMetrics::new());
+    let counter = CountRequests {
+        metrics: metrics.clone(),
+    };
+    let organizations = mock_client!(
+        aws_sdk_organizations,
+        RuleMode::MatchAny,
+        [&first, &second],
+        |conf| conf.interceptor(counter.clone())
+    );
+    let accounts = list_organization_accounts(&organizations, &metrics)
+        .await
+        .unwrap();
+    let seen: Vec<(&str, bool)> = accounts.iter().map(|a| (a.id.as_str(), a.active)).collect();
+    assert_eq!(
+        seen,
+        [
+            ("111111111111", true),
+            ("222222222222", false),
+            ("333333333333", true),
+            ("444444444444", false)
+        ]
+    );
+    assert_eq!(accounts[0].name.as_deref(), Some("n111111111111"));
+    assert_eq!(requests(&metrics, "ListAccounts"), 2);
+}
+
+#[tokio::test]
+async fn user_tags_are_read_over_every_page() {
+    use aws_sdk_iam::operation::list_user_tags::ListUserTagsOutput;
+    use aws_sdk_iam::types::Tag;
+    let tag = |k: &str, v: &str| Tag::builder().key(k).value(v).build().unwrap();
+    let first = mock!(Client::list_user_tags)
+        .match_requests(|r| r.user_name() == Some("alice") && r.marker().is_none())
+        .then_output(move || {
+            ListUserTagsOutput::builder()
+                .tags(tag("Team", "payments"))
+                .is_truncated(true)
+                .marker("m2")
+                .build()
+                .unwrap()
+        });
+    let second = mock!(Client::list_user_tags)
+        .match_requests(|r| r.marker() == Some("m2"))
+        .then_output(move || {
+            ListUserTagsOutput::builder()
+                .tags(tag("owner", "ana@example.com"))
+                .tags(tag("cost-center", "42"))
+                .is_truncated(false)
+                .build()
+                .unwrap()
+        });
+    let metrics = Arc::new(ExporterMetrics::new());
+    let iam = client(&[&first, &second], &metrics);
+    let tags = user_tags(&iam, &metrics, "alice").await.unwrap();
+    assert_eq!(tags.len(), 3);
+    let wanted = [
+        "team".to_string(),
+        "Owner".to_string(),
+        "missing".to_string(),
+    ];
+    assert_eq!(
+        crate::inventory::tag_labels(&wanted, &tags),
+        [
+            ("tag_owner".to_string(), "ana@example.com".to_string()),
+            ("tag_team".to_string(), "payments".to_string())
+        ],
+        "matched regardless of case, sorted by label, absent keys left out"
+    );
+}
+
+/// A source of the `auto` kind over mocked IAM, its account id known up front.
+fn auto_source(iam: Client) -> crate::source::Source {
+    let sts = aws_sdk_sts::Client::from_conf(
+        aws_sdk_sts::Config::builder()
+            .behavior_version(aws_sdk_sts::config::BehaviorVersion::latest())
+            .region(aws_sdk_sts::config::Region::from_static("us-east-1"))
+            .build(),
+    );
+    let settings = crate::config::SourceSettings {
+        kind: crate::config::SourceKind::Auto,
+        file: None,
+        report_max_age: Duration::from_secs(4 * 3600),
+        report_timeout: Duration::from_secs(60),
+    };
+    let filter = crate::config::FilterSettings {
+        include_paths: vec![],
+        exclude_paths: vec![],
+        include_users: vec![],
+        exclude_users: vec![],
+    };
+    crate::source::Source::new(
+        crate::source::Origin::aws(Clients { iam, sts }, &settings, 2, Some(ACCOUNT.into())),
+        &filter,
+        &crate::config::LabelSettings {
+            mask_key_ids: false,
+        },
+    )
+}
+
+fn degraded(metrics: &ExporterMetrics, feature: &str) -> i64 {
+    metrics
+        .account_feature_degraded
+        .with_label_values(&[ACCOUNT, feature])
+        .get()
+}
+
+#[tokio::test]
+async fn denied_report_and_summary_degrade_alone_and_come_back() {
+    let denied_report =
+        mock!(Client::get_credential_report).then_http_response(|| iam_error(403, "AccessDenied"));
+    let denied_summary =
+        mock!(Client::get_account_summary).then_http_response(|| iam_error(403, "AccessDenied"));
+    let users = mock!(Client::list_users).then_output(|| {
+        ListUsersOutput::builder()
+            .users(user("alice"))
+            .build()
+            .unwrap()
+    });
+    let keys = mock!(Client::list_access_keys).then_output(|| {
+        ListAccessKeysOutput::builder()
+            .access_key_metadata(key("alice", "AKIAALICE000000001", StatusType::Active, 10))
+            .build()
+            .unwrap()
+    });
+    let last_used_api = mock!(Client::get_access_key_last_used).then_output(|| last_used(Some(1)));
+    let metrics = Arc::new(ExporterMetrics::new());
+    let iam = client(
+        &[
+            &denied_report,
+            &denied_summary,
+            &users,
+            &keys,
+            &last_used_api,
+        ],
+        &metrics,
+    );
+    let source = auto_source(iam);
+    for _ in 0..2 {
+        let inventory = source.collect(&metrics).await.expect("the rest works");
+        assert_eq!(inventory.users[0].keys[0].id, "AKIAALICE000000001");
+        assert!(
+            inventory.users[0].keys[0].last_used.is_some(),
+            "from the API instead"
+        );
+        assert_eq!(inventory.account.root_access_keys_present, None);
+        assert_eq!(inventory.account.report_generated_at, None);
+    }
+    assert_eq!(last_used_api.num_calls(), 2, "one per key, per refresh");
+    assert_eq!(degraded(&metrics, "credential_report"), 1);
+    assert_eq!(degraded(&metrics, "root_keys"), 1);
+    assert!(source.degraded.is_off(crate::features::Feature::RootKeys));
+    assert_eq!(errors(&metrics, "GetAccountSummary", "AccessDenied"), 2);
+
+    // Granted again: GetAccountSummary answers, and the feature is back.
+    let summary = mock!(Client::get_account_summary).then_output(|| {
+        GetAccountSummaryOutput::builder()
+            .summary_map(SummaryKeyType::AccountAccessKeysPresent, 1)
+            .build()
+    });
+    let iam = client(
+        &[&denied_report, &summary, &users, &keys, &last_used_api],
+        &metrics,
+    );
+    let recovered = auto_source(iam);
+    // The same tracker as before, as one account's source keeps it across refreshes.
+    recovered.degraded.denied(
+        &metrics,
+        ACCOUNT,
+        crate::features::Feature::RootKeys,
+        &IamError::Malformed {
+            operation: "GetAccountSummary",
+            field: "test",
+        },
+    );
+    let inventory = recovered.collect(&metrics).await.unwrap();
+    assert_eq!(inventory.account.root_access_keys_present, Some(true));
+    assert_eq!(degraded(&metrics, "root_keys"), 0);
+    assert!(
+        !recovered
+            .degraded
+            .is_off(crate::features::Feature::RootKeys)
+    );
+}
+
+#[tokio::test]
+async fn a_denied_list_users_still_fails_the_refresh() {
+    let denied = mock!(Client::get_credential_report).then_output(|| report_output(1));
+    let users = mock!(Client::list_users).then_http_response(|| iam_error(403, "AccessDenied"));
+    let metrics = Arc::new(ExporterMetrics::new());
+    let source = auto_source(client(&[&denied, &users], &metrics));
+    let err = source.collect(&metrics).await.unwrap_err().to_string();
+    assert!(err.contains("ListUsers failed (AccessDenied)"), "{err}");
+}
