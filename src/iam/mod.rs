@@ -24,7 +24,9 @@ use aws_smithy_http_client::tls;
 use aws_smithy_runtime_api::box_error::BoxError;
 use aws_smithy_runtime_api::client::http::SharedHttpClient;
 use aws_smithy_runtime_api::client::interceptors::Intercept;
-use aws_smithy_runtime_api::client::interceptors::context::BeforeTransmitInterceptorContextRef;
+use aws_smithy_runtime_api::client::interceptors::context::{
+    AfterDeserializationInterceptorContextRef, BeforeTransmitInterceptorContextRef,
+};
 use aws_smithy_runtime_api::client::orchestrator::Metadata;
 use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
 use aws_smithy_types::config_bag::ConfigBag;
@@ -153,6 +155,54 @@ impl Intercept for CountRequests {
     }
 }
 
+/// Refuses an XML response whose root element is not closed at its end. The SDK's XML
+/// reader stops quietly at a truncated document: a ListUsers page cut in half would read
+/// as the last page with half the users, and their series would vanish. Checked after
+/// the body is read, so it sees exactly what the parser saw.
+#[derive(Debug, Clone, Copy)]
+struct CompleteXml;
+
+impl Intercept for CompleteXml {
+    fn name(&self) -> &'static str {
+        "CompleteXml"
+    }
+
+    fn read_after_deserialization(
+        &self,
+        context: &AfterDeserializationInterceptorContextRef<'_>,
+        _runtime_components: &RuntimeComponents,
+        _cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        let body = context.response().body().bytes().unwrap_or_default();
+        if body.is_empty() || is_complete_xml(body) {
+            Ok(())
+        } else {
+            Err("malformed response: the XML document ends before its root element closes".into())
+        }
+    }
+}
+
+/// True when the document's last tag closes its root element.
+fn is_complete_xml(body: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(body);
+    let mut rest = text.trim();
+    // Skip the declaration and any comments or processing instructions before the root.
+    while let Some(skipped) = rest.strip_prefix("<?").or_else(|| rest.strip_prefix("<!")) {
+        match skipped.find('>') {
+            Some(end) => rest = skipped[end + 1..].trim_start(),
+            None => return false,
+        }
+    }
+    let Some(open) = rest.strip_prefix('<') else {
+        return false;
+    };
+    let name_end = open
+        .find(|c: char| c.is_whitespace() || c == '>' || c == '/')
+        .unwrap_or(open.len());
+    let root = &open[..name_end];
+    !root.is_empty() && rest.ends_with(&format!("</{root}>"))
+}
+
 /// A role to assume for every call to an account.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AssumeRole {
@@ -249,11 +299,13 @@ impl AwsBase {
             iam: aws_sdk_iam::Client::from_conf(
                 aws_sdk_iam::config::Builder::from(&sdk)
                     .interceptor(counter.clone())
+                    .interceptor(CompleteXml)
                     .build(),
             ),
             sts: aws_sdk_sts::Client::from_conf(
                 aws_sdk_sts::config::Builder::from(&sdk)
                     .interceptor(counter)
+                    .interceptor(CompleteXml)
                     .build(),
             ),
         }

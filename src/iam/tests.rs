@@ -1039,3 +1039,41 @@ async fn a_denied_list_users_still_fails_the_refresh() {
     let err = source.collect(&metrics).await.unwrap_err().to_string();
     assert!(err.contains("ListUsers failed (AccessDenied)"), "{err}");
 }
+
+#[test]
+fn only_a_document_whose_root_closes_at_the_end_is_complete() {
+    let full = "<?xml version=\"1.0\"?>\n<ListUsersResponse xmlns=\"https://iam.amazonaws.com/doc/2010-05-08/\">\
+                <ListUsersResult><Users/></ListUsersResult></ListUsersResponse>\n";
+    assert!(is_complete_xml(full.as_bytes()));
+    assert!(is_complete_xml(b"<ErrorResponse><Error/></ErrorResponse>"));
+    for cut in [20, full.len() / 2, full.len() - 4] {
+        assert!(!is_complete_xml(&full.as_bytes()[..cut]), "cut at {cut}");
+    }
+    assert!(!is_complete_xml(b"<A><B></B>"));
+    assert!(!is_complete_xml(b"not xml"));
+}
+
+#[tokio::test]
+async fn a_truncated_page_fails_the_call_instead_of_losing_users() {
+    let full = "<ListUsersResponse xmlns=\"https://iam.amazonaws.com/doc/2010-05-08/\"><ListUsersResult>\
+                <IsTruncated>false</IsTruncated><Users><member><UserName>a</UserName><UserId>AIDA1</UserId>\
+                <Arn>arn:aws:iam::123456789012:user/a</Arn><Path>/</Path><CreateDate>2020-01-01T00:00:00Z</CreateDate>\
+                </member></Users></ListUsersResult></ListUsersResponse>";
+    let cut = &full[..full.len() / 2 + 40];
+    let half = mock!(Client::list_users).then_http_response(move || {
+        HttpResponse::new(StatusCode::try_from(200).unwrap(), SdkBody::from(cut))
+    });
+    let metrics = Arc::new(ExporterMetrics::new());
+    let counter = CountRequests {
+        metrics: metrics.clone(),
+    };
+    let iam = mock_client!(aws_sdk_iam, RuleMode::MatchAny, [&half], |conf| conf
+        .interceptor(counter.clone())
+        .interceptor(CompleteXml));
+    let err = collect_inventory(&iam, &metrics, ACCOUNT, 2, None, &UserFilter::default())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("ListUsers failed (response)"), "{err}");
+    assert!(err.contains("root element"), "{err}");
+}

@@ -588,3 +588,77 @@ pub fn http_get_status(url: &str) -> Option<u16> {
         .into();
     agent.get(url).call().ok().map(|r| r.status().as_u16())
 }
+
+/// tests/peers/fault_proxy.py in front of an IAM endpoint: forwards everything, and
+/// injects the faults it is told to (see tests/peers/fault_proxy.md). Killed on drop.
+pub struct FaultProxy {
+    child: Child,
+    _stdin: ChildStdin,
+    /// The AWS endpoint to give the exporter.
+    pub endpoint: String,
+    control: String,
+}
+
+impl FaultProxy {
+    pub fn start(upstream: &str, default_account: &str) -> FaultProxy {
+        let mut child = Command::new(moto_python())
+            .arg(root().join("tests/peers/fault_proxy.py"))
+            .args(["--upstream", upstream, "--default-account", default_account])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start fault_proxy.py");
+        let stdin = child.stdin.take().unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .expect("read the proxy's addresses");
+        let said: serde_json::Value =
+            serde_json::from_str(&line).unwrap_or_else(|e| panic!("proxy said {line:?}: {e}"));
+        FaultProxy {
+            child,
+            _stdin: stdin,
+            endpoint: said["endpoint"].as_str().unwrap().to_string(),
+            control: said["control"].as_str().unwrap().to_string(),
+        }
+    }
+
+    /// Replaces the fault rules.
+    pub fn inject(&self, rules: serde_json::Value) {
+        let url = format!("{}/faults", self.control);
+        ureq::put(&url)
+            .header("content-type", "application/json")
+            .send(rules.to_string())
+            .unwrap_or_else(|e| panic!("PUT {url}: {e}"));
+    }
+
+    /// Removes every fault: requests pass through again.
+    pub fn clear(&self) {
+        ureq::delete(&format!("{}/faults", self.control))
+            .call()
+            .expect("clear faults");
+    }
+
+    /// Stops listening (connections are refused) or listens again on the same port.
+    pub fn set_up(&self, up: bool) {
+        let verb = if up { "up" } else { "down" };
+        ureq::post(&format!("{}/{verb}", self.control))
+            .send_empty()
+            .expect("proxy up/down");
+    }
+
+    pub fn stats(&self) -> serde_json::Value {
+        let mut response = ureq::get(&format!("{}/stats", self.control))
+            .call()
+            .expect("proxy stats");
+        serde_json::from_str(&response.body_mut().read_to_string().unwrap()).unwrap()
+    }
+}
+
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

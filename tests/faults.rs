@@ -1,0 +1,356 @@
+//! Faults between the exporter and IAM, injected by tests/peers/fault_proxy.py in front of
+//! moto. For each one: the daemon stays up, /metrics keeps serving the last good data,
+//! the health metrics show the failure, and the first refresh after the fault ends
+//! recovers fully.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use common::*;
+use serde_json::json;
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+/// moto with the sample scenario, the proxy in front of it, and the exporter refreshing
+/// every second through the proxy.
+struct Rig {
+    _moto: Moto,
+    proxy: FaultProxy,
+    exporter: Exporter,
+    account: String,
+}
+
+fn rig(extra_env: &[(&str, &str)], args: &[&str]) -> Option<Rig> {
+    let moto = Moto::start(&root().join("tests/peers/sample-inventory.json"))?;
+    let account = moto.seeded["account_id"].as_str().unwrap().to_string();
+    let proxy = FaultProxy::start(&moto.endpoint, &account);
+    let mut env = vec![
+        (
+            "IAM_KEY_EXPORTER_AWS__ENDPOINT_URL",
+            proxy.endpoint.as_str(),
+        ),
+        ("IAM_KEY_EXPORTER_REFRESH__INTERVAL", "1s"),
+        ("IAM_KEY_EXPORTER_AWS__CALL_TIMEOUT", "2s"),
+        ("IAM_KEY_EXPORTER_SERVICE_ACCESS__ENABLED", "false"),
+    ];
+    env.extend_from_slice(extra_env);
+    let exporter = Exporter::start_with(args, &env);
+    exporter.wait_ready();
+    Some(Rig {
+        _moto: moto,
+        proxy,
+        exporter,
+        account,
+    })
+}
+
+/// The per-key series that must survive a fault unchanged.
+fn key_series(metrics: &Metrics) -> BTreeMap<String, f64> {
+    metrics
+        .0
+        .iter()
+        .filter(|(k, _)| {
+            k.starts_with("aws_iam_access_key_created_timestamp_seconds{")
+                || k.starts_with("aws_iam_access_key_active{")
+        })
+        .map(|(k, v)| (k.clone(), *v))
+        .collect()
+}
+
+fn errors(metrics: &Metrics, operation: &str, code: &str) -> f64 {
+    metrics
+        .get(
+            "iam_key_exporter_aws_errors_total",
+            &[("operation", operation), ("code", code)],
+        )
+        .unwrap_or(0.0)
+}
+
+/// Failed calls with `code`, whatever the operation.
+fn errors_with_code(metrics: &Metrics, code: &str) -> f64 {
+    let needle = format!("code=\"{code}\"");
+    metrics
+        .0
+        .iter()
+        .filter(|(k, _)| k.starts_with("iam_key_exporter_aws_errors_total{") && k.contains(&needle))
+        .map(|(_, v)| v)
+        .sum()
+}
+
+/// Injects `rules`, waits for a failed refresh, checks what is served, lifts the fault and
+/// waits for a full recovery. The failed call must be counted as `operation` (any, if
+/// `None`) with `code`.
+fn survives(rules: serde_json::Value, operation: Option<&str>, code: &str) {
+    let Some(rig) = rig(&[], &[]) else {
+        return;
+    };
+    survives_on(
+        &rig,
+        || rig.proxy.inject(rules.clone()),
+        || rig.proxy.clear(),
+        operation,
+        code,
+    );
+}
+
+fn survives_on(
+    rig: &Rig,
+    start_fault: impl FnOnce(),
+    end_fault: impl FnOnce(),
+    operation: Option<&str>,
+    code: &str,
+) {
+    let exporter = &rig.exporter;
+    let account = [("account_id", rig.account.as_str()), ("account_name", "")];
+    let before = key_series(&exporter.metrics());
+    assert!(before.len() >= 4, "{before:?}");
+
+    start_fault();
+    let during = wait_for("a failed refresh", LIMIT, || {
+        let m = exporter.metrics();
+        (m.value("iam_key_exporter_refresh_success", &[]) == 0.0).then_some(m)
+    });
+    assert_eq!(exporter.get("/-/healthy").status, 200, "the daemon is up");
+    assert_eq!(
+        exporter.get("/-/ready").status,
+        200,
+        "and still has data to serve"
+    );
+    assert_eq!(key_series(&during), before, "the last good data is served");
+    assert_eq!(
+        during.value("iam_key_exporter_account_refresh_success", &account),
+        0.0
+    );
+    assert!(during.value("iam_key_exporter_refresh_failures_total", &[]) >= 1.0);
+    let counted = match operation {
+        Some(operation) => errors(&during, operation, code),
+        None => errors_with_code(&during, code),
+    };
+    assert!(
+        counted >= 1.0,
+        "{operation:?}/{code} not counted: {:?}",
+        during
+            .0
+            .iter()
+            .filter(|(k, _)| k.starts_with("iam_key_exporter_aws_errors_total"))
+            .collect::<Vec<_>>()
+    );
+    let stale_since = during.value(
+        "iam_key_exporter_last_refresh_success_timestamp_seconds",
+        &[],
+    );
+    assert!(
+        stale_since > 0.0 && stale_since < now_secs(),
+        "data age visible"
+    );
+
+    end_fault();
+    let ended = now_secs();
+    let after = wait_for("a full recovery", LIMIT, || {
+        let m = exporter.metrics();
+        let fresh = m.value(
+            "iam_key_exporter_last_refresh_success_timestamp_seconds",
+            &[],
+        );
+        (m.value("iam_key_exporter_refresh_success", &[]) == 1.0 && fresh > ended).then_some(m)
+    });
+    assert_eq!(key_series(&after), before);
+    assert_eq!(
+        after.value("iam_key_exporter_account_refresh_success", &account),
+        1.0
+    );
+}
+
+#[test]
+fn throttling_that_outlasts_the_retries() {
+    survives(
+        json!([{"fault": "throttle", "operation": "ListUsers"}]),
+        Some("ListUsers"),
+        "Throttling",
+    );
+}
+
+#[test]
+fn http_500() {
+    survives(
+        json!([{"fault": "http_500", "operation": "ListAccessKeys"}]),
+        Some("ListAccessKeys"),
+        "InternalFailure",
+    );
+}
+
+#[test]
+fn http_503() {
+    survives(
+        json!([{"fault": "http_503", "operation": "ListUsers"}]),
+        Some("ListUsers"),
+        "ServiceUnavailable",
+    );
+}
+
+#[test]
+fn responses_slower_than_the_call_timeout() {
+    survives(
+        json!([{"fault": "slow", "operation": "ListUsers", "delay_seconds": 5}]),
+        Some("ListUsers"),
+        "timeout",
+    );
+}
+
+#[test]
+fn malformed_xml() {
+    survives(
+        json!([{"fault": "malformed_xml", "operation": "ListUsers"}]),
+        Some("ListUsers"),
+        "response",
+    );
+}
+
+#[test]
+fn expired_credentials() {
+    survives(
+        json!([{"fault": "expired_token"}]),
+        // Whichever call the refresh in flight was making.
+        None,
+        "ExpiredToken",
+    );
+}
+
+#[test]
+fn the_iam_endpoint_down() {
+    let Some(rig) = rig(&[], &[]) else {
+        return;
+    };
+    survives_on(
+        &rig,
+        || rig.proxy.set_up(false),
+        || rig.proxy.set_up(true),
+        // Whichever call the refresh in flight was making.
+        None,
+        "dispatch",
+    );
+}
+
+#[test]
+fn a_short_throttling_burst_is_absorbed_by_the_retries() {
+    let Some(rig) = rig(&[], &[]) else {
+        return;
+    };
+    let exporter = &rig.exporter;
+    let before = exporter.metrics();
+    rig.proxy
+        .inject(json!([{"fault": "throttle", "operation": "ListUsers", "times": 1}]));
+    wait_for("the throttled request", LIMIT, || {
+        (rig.proxy.stats()["faults"]["throttle"].as_u64() == Some(1)).then_some(())
+    });
+    let listed = before.aws_requests("ListUsers");
+    let after = wait_for("a refresh after the burst", LIMIT, || {
+        let m = exporter.metrics();
+        (m.aws_requests("ListUsers") >= listed + 3.0).then_some(m)
+    });
+    // The throttled attempt was retried within its call: no call and no refresh failed.
+    assert_eq!(errors(&after, "ListUsers", "Throttling"), 0.0);
+    assert_eq!(
+        after.value("iam_key_exporter_refresh_failures_total", &[]),
+        0.0
+    );
+    assert_eq!(after.value("iam_key_exporter_refresh_success", &[]), 1.0);
+}
+
+/// Denied features: the rest works, the feature is marked degraded and logged once, and
+/// it comes back when the denial ends.
+fn degrades_alone(
+    feature: &str,
+    operation: &str,
+    permission: &str,
+    env: &[(&str, &str)],
+    present: impl Fn(&Metrics) -> bool,
+) {
+    let Some(rig) = rig(env, &[]) else {
+        return;
+    };
+    let exporter = &rig.exporter;
+    let degraded = [("account_id", rig.account.as_str()), ("feature", feature)];
+    wait_for("the feature's data", LIMIT, || {
+        present(&exporter.metrics()).then_some(())
+    });
+    let before = key_series(&exporter.metrics());
+
+    rig.proxy
+        .inject(json!([{"fault": "access_denied", "operation": operation}]));
+    let during = wait_for("the feature degraded", LIMIT, || {
+        let m = exporter.metrics();
+        (m.get("iam_key_exporter_account_feature_degraded", &degraded) == Some(1.0)).then_some(m)
+    });
+    // Two more refreshes: still one log line.
+    let failures = during.value("iam_key_exporter_refresh_failures_total", &[]);
+    let denied_calls = errors(&during, operation, "AccessDenied");
+    wait_for("more denied calls", LIMIT, || {
+        (errors(&exporter.metrics(), operation, "AccessDenied") >= denied_calls + 2.0).then_some(())
+    });
+    let m = exporter.metrics();
+    assert_eq!(
+        m.value("iam_key_exporter_refresh_success", &[]),
+        1.0,
+        "the rest works"
+    );
+    assert_eq!(
+        m.value("iam_key_exporter_refresh_failures_total", &[]),
+        failures
+    );
+    assert_eq!(key_series(&m), before);
+    let logs = exporter.logs();
+    let lines: Vec<&str> = logs
+        .lines()
+        .filter(|l| {
+            l.contains("IAM denied a call") && l.contains(&format!("feature=\"{feature}\""))
+        })
+        .collect();
+    assert_eq!(lines.len(), 1, "logged once: {lines:?}");
+    assert!(
+        lines[0].contains(permission),
+        "names the permission: {}",
+        lines[0]
+    );
+
+    rig.proxy.clear();
+    let after = wait_for("the feature back", LIMIT, || {
+        let m = exporter.metrics();
+        (m.get("iam_key_exporter_account_feature_degraded", &degraded) == Some(0.0) && present(&m))
+            .then_some(m)
+    });
+    assert_eq!(key_series(&after), before);
+}
+
+#[test]
+fn denied_service_last_accessed_degrades_only_the_service_counts() {
+    degrades_alone(
+        "service_access",
+        "GenerateServiceLastAccessedDetails",
+        "iam:GenerateServiceLastAccessedDetails",
+        &[
+            ("IAM_KEY_EXPORTER_SERVICE_ACCESS__ENABLED", "true"),
+            ("IAM_KEY_EXPORTER_SERVICE_ACCESS__INTERVAL", "1s"),
+        ],
+        |m| {
+            m.0.keys()
+                .any(|k| k.starts_with("aws_iam_user_services_granted{"))
+        },
+    );
+}
+
+#[test]
+fn denied_account_summary_degrades_only_the_root_key_fact() {
+    degrades_alone(
+        "root_keys",
+        "GetAccountSummary",
+        "iam:GetAccountSummary",
+        &[],
+        |m| {
+            m.0.keys()
+                .any(|k| k.starts_with("aws_iam_root_access_keys_present{"))
+        },
+    );
+}
