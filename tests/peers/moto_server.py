@@ -9,16 +9,21 @@ What it does:
   1. Loads and validates a scenario JSON file (unknown fields are rejected).
      With --bench-users N it also generates N users with 2 keys each.
   2. Seeds moto's in-memory IAM backend with the users and access keys (and
-     console password, MFA device), then backdates the model objects (user/key
-     CreateDate, key and password last-used) to "now minus N days". All seeded
-     times are truncated to whole seconds, as real IAM reports them, so the
-     values that come back over HTTP equal the ones printed below exactly.
+     console password, MFA device, tags), then backdates the model objects
+     (user/key CreateDate, key and password last-used) to "now minus N days".
+     All seeded times are truncated to whole seconds, as real IAM reports
+     them, so the values that come back over HTTP equal the ones printed below
+     exactly. Member accounts get their users the same way, plus the role the
+     exporter assumes; an organization and, in auth mode, the exporter's own
+     user with its policies are seeded too. Seeding writes to moto's backends
+     directly: no HTTP request, so no policy check and no auth allowance used.
   3. Starts moto.server.ThreadedMotoServer (port 0 = a free port picked by
      the OS; the real port is read back from the bound socket, so there is
      no probe-then-bind race).
   4. Prints ONE JSON line to stdout describing what was seeded (endpoint,
      account, users, keys, dates as epoch seconds; only counts in bench
-     mode). Never prints secrets. Everything else goes to stderr.
+     mode). Never prints secrets, except in auth mode the moto-made test
+     credentials of the exporter's user. Everything else goes to stderr.
   5. Serves until stdin reaches EOF (the parent test process died or closed
      the pipe) or SIGTERM/SIGINT arrives, then stops the server and exits 0.
 
@@ -29,6 +34,17 @@ TEST-SIDE EXTENSIONS (see README.md for exactly what is and is not emulated):
   - moto's GetCredentialReport always says GeneratedTime 2015-02-02T20:02:02Z.
     This script records when GenerateCredentialReport started a report, keeps
     it for IAM's 4 hours, and answers that time.
+  - Member accounts (scenario "accounts"): with MOTO_ACCOUNT_ID set, moto
+    answers every request from that one account, even for credentials of an
+    assumed role in another account. This script routes a request signed with
+    a key moto issued in a member account (AssumeRole credentials) to that
+    account, and makes AssumeRole honour the member roles' trust policies.
+  - Organizations ListAccounts pages at most 20 accounts, as the real API does
+    (moto's default page is 100), and answers like AWS without an organization.
+  - Policy enforcement (scenario "auth"): moto checks every action against the
+    resource "*", so a statement scoped to arn:aws:iam::*:user/* never
+    matches. This script gives the user-scoped IAM actions their real
+    resource, the user's ARN.
 """
 
 from __future__ import annotations
@@ -39,14 +55,17 @@ import json
 import logging
 import os
 import random
+import re
 import select
 import signal
 import sys
 import threading
 import time
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any
 
 DEFAULT_ACCOUNT_ID = "123456789012"
@@ -55,6 +74,16 @@ KEY_STATUSES = ("Active", "Inactive")
 JOB_OUTCOMES = ("completed", "failed")
 MAX_KEYS_PER_USER = 2  # the real IAM quota, also enforced by moto
 REPORT_MAX_AGE = timedelta(hours=4)  # IAM regenerates a credential report at most this often
+REPO_ROOT = Path(__file__).resolve().parents[2]
+EXPORTER_POLICY = REPO_ROOT / "config" / "iam-policy.json"
+HUB_POLICY = REPO_ROOT / "config" / "iam-policy-hub.json"
+TRUST_POLICY = REPO_ROOT / "config" / "iam-trust-policy.json"
+DEFAULT_ROLE_NAME = "iam-key-exporter"  # the member-account role the exporter assumes
+EXPORTER_USER = "iam-key-exporter"  # auth mode: the main-account user the exporter signs as
+ORG_PAGE_SIZE = 20  # Organizations ListAccounts: MaxResults is 1..20
+MAX_TAGS_PER_USER = 50  # the IAM quota
+ROLE_NAME_RE = re.compile(r"[\w+=,.@-]{1,64}")
+EXTERNAL_ID_RE = re.compile(r"[\w+=,.@:/-]{2,1224}")
 
 # Bench mode: where generated keys were "used".
 BENCH_SERVICES = (("s3", "Amazon S3"), ("ec2", "Amazon EC2"), ("lambda", "AWS Lambda"),
@@ -109,8 +138,8 @@ def _str(obj: dict, key: str, where: str, default: str | None = None,
     return value
 
 
-def _bool(obj: dict, key: str, where: str) -> bool:
-    value = obj.get(key, False)
+def _bool(obj: dict, key: str, where: str, default: bool = False) -> bool:
+    value = obj.get(key, default)
     if not isinstance(value, bool):
         raise ScenarioError(f"{where}.{key}: expected true or false")
     return value
@@ -160,6 +189,30 @@ class UserSpec:
     error_code: str | None = None
     error_message: str | None = None
     services: list[ServiceSpec] = field(default_factory=list)
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class AccountSpec:
+    """A member account: its own IAM users, and a role the exporter assumes."""
+    account_id: str
+    users: list[UserSpec]
+    role_name: str = DEFAULT_ROLE_NAME
+    external_id: str | None = None
+    in_organization: bool = True
+
+    @property
+    def role_arn(self) -> str:
+        return f"arn:aws:iam::{self.account_id}:role/{self.role_name}"
+
+
+@dataclass
+class AuthSpec:
+    """Policy enforcement: the exporter's user and roles get these policies."""
+    policy_file: str
+    policy: dict | None  # the policy file minus remove_actions; None if emptied
+    hub: dict | None  # config/iam-policy-hub.json minus remove_actions; None if emptied
+    remove_actions: list[str]
 
 
 @dataclass
@@ -167,21 +220,164 @@ class Scenario:
     account_id: str = DEFAULT_ACCOUNT_ID
     users: list[UserSpec] = field(default_factory=list)
     report_generated_hours_ago: float | None = None  # None: no credential report yet
+    accounts: list[AccountSpec] = field(default_factory=list)
+    organization: bool = False
+    suspended: list[str] = field(default_factory=list)
+    auth: AuthSpec | None = None
+
+
+def _account_id(value: Any, where: str) -> str:
+    if not (isinstance(value, str) and value.isdigit() and len(value) == 12):
+        raise ScenarioError(f"{where}: expected an account id, 12 digits as a string")
+    return value
 
 
 def parse_scenario(doc: Any) -> Scenario:
-    _fields(doc, "scenario", {"users"}, {"account_id", "credential_report_generated_hours_ago"})
+    _fields(doc, "scenario", {"users"}, {"account_id", "credential_report_generated_hours_ago",
+                                         "accounts", "organization", "auth"})
     account_id = _str(doc, "account_id", "scenario", DEFAULT_ACCOUNT_ID)
     if not (account_id.isdigit() and len(account_id) == 12):
         raise ScenarioError("scenario.account_id: expected 12 digits")
     report_age = _days(doc, "credential_report_generated_hours_ago", "scenario", "hours")
+    users = _parse_users(doc, "scenario", "")
+    accounts = _parse_accounts(doc, account_id)
+    scenario = Scenario(account_id, users, report_age, accounts)
 
+    if "organization" in doc:
+        w = "organization"
+        o = _fields(doc["organization"], w, {"enabled"}, {"suspended"})
+        if not isinstance(o["enabled"], bool):
+            raise ScenarioError(f"{w}.enabled: expected true or false")
+        scenario.organization = o["enabled"]
+        if "suspended" in o and not scenario.organization:
+            raise ScenarioError(f"{w}.suspended: needs enabled true")
+        taken = {account_id} | {a.account_id for a in accounts}
+        for i, value in enumerate(_list(o, "suspended", w)):
+            acct = _account_id(value, f"{w}.suspended[{i}]")
+            if acct in taken:
+                raise ScenarioError(f"{w}.suspended[{i}]: account {acct} is the scenario's "
+                                    "account, a member account or listed twice")
+            taken.add(acct)
+            scenario.suspended.append(acct)
+
+    if "auth" in doc:
+        scenario.auth = _parse_auth(doc["auth"], accounts)
+        if any(u.name == EXPORTER_USER for u in users):
+            raise ScenarioError(f"users: {EXPORTER_USER!r} is the user auth mode creates")
+    return scenario
+
+
+def _parse_accounts(doc: dict, main_account: str) -> list[AccountSpec]:
+    accounts: list[AccountSpec] = []
+    seen = {main_account}
+    for i, a in enumerate(_list(doc, "accounts", "scenario")):
+        w = f"accounts[{i}]"
+        _fields(a, w, {"account_id"}, {"users", "role_name", "external_id", "in_organization"})
+        acct = _account_id(a["account_id"], f"{w}.account_id")
+        if acct in seen:
+            raise ScenarioError(f"{w}.account_id: {acct} is the scenario's account or listed twice")
+        seen.add(acct)
+        role_name = _str(a, "role_name", w, DEFAULT_ROLE_NAME)
+        if not ROLE_NAME_RE.fullmatch(role_name):
+            raise ScenarioError(f"{w}.role_name: not a valid IAM role name: {role_name!r}")
+        external_id = _str(a, "external_id", w)
+        if external_id is not None and not EXTERNAL_ID_RE.fullmatch(external_id):
+            raise ScenarioError(f"{w}.external_id: 2-1224 characters of [\\w+=,.@:/-], "
+                                f"got {external_id!r}")
+        accounts.append(AccountSpec(acct, _parse_users(a, w, w + "."), role_name, external_id,
+                                    _bool(a, "in_organization", w, True)))
+    return accounts
+
+
+def _policy_actions(policy: dict) -> list[str]:
+    out = []
+    for st in policy["Statement"]:
+        actions = st.get("Action", [])
+        out += [actions] if isinstance(actions, str) else actions
+    return out
+
+
+def _load_policy(path: Path, where: str) -> dict:
+    """A JSON policy document with a list of statements (a lone one is listed)."""
+    with open(path, encoding="utf-8") as f:
+        policy = json.load(f)
+    statements = policy.get("Statement") if isinstance(policy, dict) else None
+    if isinstance(statements, dict):
+        statements = [statements]
+    if not (isinstance(statements, list) and statements
+            and all(isinstance(st, dict) for st in statements)):
+        raise ScenarioError(f"{where}: {path} is not an IAM policy with statements")
+    return {**policy, "Statement": statements}
+
+
+def remove_actions(policy: dict, actions: list[str]) -> dict | None:
+    """The policy without `actions` (IAM actions compare case-insensitively).
+
+    A statement left without actions is dropped; None if none is left.
+    """
+    drop = {a.lower() for a in actions}
+    statements = []
+    for st in policy["Statement"]:
+        listed = st.get("Action")
+        if listed is None:  # NotAction: nothing to remove
+            statements.append(st)
+            continue
+        kept = [a for a in ([listed] if isinstance(listed, str) else listed)
+                if a.lower() not in drop]
+        if not kept:
+            continue
+        statements.append({**st, "Action": listed if isinstance(listed, str) else kept})
+    return {**policy, "Statement": statements} if statements else None
+
+
+def _parse_auth(obj: Any, accounts: list[AccountSpec]) -> AuthSpec:
+    w = "auth"
+    _fields(obj, w, {"policy_file"}, {"remove_actions"})
+    policy_file = _str(obj, "policy_file", w)
+    path = Path(policy_file) if os.path.isabs(policy_file) else REPO_ROOT / policy_file
+    policy = _load_policy(path, f"{w}.policy_file")
+    hub = _load_policy(HUB_POLICY, "hub policy")
+    # The hub may assume exactly the roles the scenario's accounts use.
+    if accounts:
+        roles = sorted({f"arn:aws:iam::*:role/{a.role_name}" for a in accounts})
+        for st in hub["Statement"]:
+            if "sts:assumerole" in {a.lower() for a in _policy_actions({"Statement": [st]})}:
+                st["Resource"] = roles[0] if len(roles) == 1 else roles
+    known = {a.lower() for a in _policy_actions(policy) + _policy_actions(hub)}
+    removed = []
+    for i, action in enumerate(_list(obj, "remove_actions", w)):
+        if not isinstance(action, str) or action.lower() not in known:
+            raise ScenarioError(f"{w}.remove_actions[{i}]: {action!r} is in neither "
+                                f"{policy_file} nor {HUB_POLICY.relative_to(REPO_ROOT)}")
+        removed.append(action)
+    return AuthSpec(policy_file, remove_actions(policy, removed), remove_actions(hub, removed),
+                    removed)
+
+
+def _parse_tags(u: dict, w: str) -> dict[str, str]:
+    tags = u.get("tags", {})
+    if not isinstance(tags, dict):
+        raise ScenarioError(f"{w}.tags: expected an object of tag key -> value strings")
+    if len(tags) > MAX_TAGS_PER_USER:
+        raise ScenarioError(f"{w}.tags: IAM allows at most {MAX_TAGS_PER_USER} tags per user")
+    for key, value in tags.items():
+        if not 1 <= len(key) <= 128 or key.lower().startswith("aws:"):
+            raise ScenarioError(f"{w}.tags: key {key!r} must have 1-128 characters "
+                                "and not start with 'aws:'")
+        if not isinstance(value, str) or len(value) > 256:
+            raise ScenarioError(f"{w}.tags.{key}: expected a string of at most 256 characters")
+    return dict(tags)
+
+
+def _parse_users(doc: dict, where: str, prefix: str) -> list[UserSpec]:
+    """The users of one account; `prefix` starts their paths, e.g. 'accounts[1].'."""
     users: list[UserSpec] = []
     seen: set[str] = set()
-    for i, u in enumerate(_list(doc, "users", "scenario")):
-        w = f"users[{i}]"
+    for i, u in enumerate(_list(doc, "users", where)):
+        w = f"{prefix}users[{i}]"
         _fields(u, w, {"name", "created_days_ago"},
-                {"path", "keys", "services", "console_password", "password_last_used_days_ago", "mfa"})
+                {"path", "keys", "services", "console_password", "password_last_used_days_ago",
+                 "mfa", "tags"})
         name = _str(u, "name", w)
         if name in seen:
             raise ScenarioError(f"{w}.name: duplicate user {name!r}")
@@ -215,7 +411,7 @@ def parse_scenario(doc: Any) -> Scenario:
         user = UserSpec(name=name, path=path, created_days_ago=user_age, keys=keys,
                         console_password=_bool(u, "console_password", w),
                         password_last_used_days_ago=_days(u, "password_last_used_days_ago", w),
-                        mfa=_bool(u, "mfa", w))
+                        mfa=_bool(u, "mfa", w), tags=_parse_tags(u, w))
         if user.password_last_used_days_ago is not None and not user.console_password:
             raise ScenarioError(f"{w}.password_last_used_days_ago: needs console_password true")
         _not_before(user.password_last_used_days_ago, user_age, f"{w}.password_last_used_days_ago")
@@ -246,7 +442,7 @@ def parse_scenario(doc: Any) -> Scenario:
                     region=_str(e, "region", ew, DEFAULT_REGION if ago is not None else None),
                 ))
         users.append(user)
-    return Scenario(account_id, users, report_age)
+    return users
 
 
 def bench_users(n: int) -> list[UserSpec]:
@@ -332,6 +528,8 @@ def seed(account_id: str, users: list[UserSpec], now: datetime) -> tuple[list[di
             device = backend.create_virtual_mfa_device(spec.name, "/")
             backend.enable_mfa_device(spec.name, device.serial_number, "123456", "654321")
             device.enable_date = user.mfa_devices[device.serial_number].enable_date = ago(0)
+        if spec.tags:
+            backend.tag_user(spec.name, [{"Key": k, "Value": v} for k, v in spec.tags.items()])
         keys = []
         for k in spec.keys:
             key = backend.create_access_key(spec.name, status=k.status)
@@ -369,6 +567,7 @@ def seed(account_id: str, users: list[UserSpec], now: datetime) -> tuple[list[di
             "password_enabled": user.password is not None,
             "password_last_used": _epoch(user.password_last_used),
             "mfa_active": bool(user.mfa_devices),
+            "tags": dict(spec.tags),
             "keys": keys,
             # Counts of what GetServiceLastAccessedDetails will serve (0 when
             # the job fails): "granted" = entries listed, "accessed" = those
@@ -389,6 +588,7 @@ def seed(account_id: str, users: list[UserSpec], now: datetime) -> tuple[list[di
 
 @dataclass
 class _Job:
+    account: str  # a job is only visible to the account that generated it
     arn: str
     granularity: str
     created: datetime
@@ -423,7 +623,7 @@ def install_service_last_accessed(services_by_arn: dict) -> None:
         granularity = self._get_param("Granularity") or "SERVICE_LEVEL"
         job_id = str(uuid.uuid4())
         with lock:
-            jobs[job_id] = _Job(arn, granularity, _utc_seconds(utcnow()),
+            jobs[job_id] = _Job(self.current_account, arn, granularity, _utc_seconds(utcnow()),
                                 services_by_arn[arn]["spec"].in_progress_polls)
         return ActionResult({"JobId": job_id})
 
@@ -433,7 +633,7 @@ def install_service_last_accessed(services_by_arn: dict) -> None:
         marker = self._get_param("Marker")
         with lock:
             job = jobs.get(job_id)
-            if job is None:
+            if job is None or job.account != self.current_account:
                 raise InvalidInput(f"Job with ID {job_id} does not exist.")
             result: dict[str, Any] = {
                 "JobType": job.granularity,
@@ -573,6 +773,277 @@ def install_credential_report() -> None:
 
 
 # --------------------------------------------------------------------------
+# Member accounts, organization, auth mode
+# --------------------------------------------------------------------------
+
+
+def trust_policy(main_account: str, external_id: str | None) -> str:
+    """config/iam-trust-policy.json, trusting the main account's root.
+
+    The root principal lets any principal of the main account assume the role
+    (its own policy must allow sts:AssumeRole too). The template's
+    sts:ExternalId condition is kept with the scenario's value, or dropped.
+    """
+    doc = _load_policy(TRUST_POLICY, "trust policy")
+    (statement,) = doc["Statement"]
+    statement["Principal"]["AWS"] = f"arn:aws:iam::{main_account}:root"
+    if external_id is None:
+        del statement["Condition"]
+    else:
+        statement["Condition"]["StringEquals"]["sts:ExternalId"] = external_id
+    return json.dumps(doc)
+
+
+def seed_member_account(spec: AccountSpec, main_account: str, policy: dict | None,
+                        now: datetime) -> tuple[dict, dict]:
+    """Users and keys as for the main account, plus the role the exporter assumes.
+
+    Returns (description for the JSON line, service-last-accessed data by ARN).
+    """
+    from moto.iam.models import iam_backends
+
+    described, services_by_arn = seed(spec.account_id, spec.users, now)
+    backend = iam_backends[spec.account_id]["aws"]
+    role = backend.create_role(
+        role_name=spec.role_name,
+        assume_role_policy_document=trust_policy(main_account, spec.external_id),
+        path="/", permissions_boundary=None, description="Assumed by iam-key-exporter",
+        tags=[], max_session_duration="3600")
+    if policy is not None:
+        backend.put_role_policy(spec.role_name, "iam-key-exporter", json.dumps(policy))
+    described_account = {"account_id": spec.account_id, "role_arn": role.arn, "users": described}
+    return described_account, services_by_arn
+
+
+@contextmanager
+def _account_ids(ids: list[str]):
+    """Make moto's Organizations give new accounts these ids, in order."""
+    from moto.organizations import utils
+
+    original, queue = utils.make_random_account_id, list(ids)
+    utils.make_random_account_id = lambda: queue.pop(0)
+    try:
+        yield
+    finally:
+        utils.make_random_account_id = original
+
+
+def seed_organization(main_account: str, members: list[str], suspended: list[str],
+                      now: datetime) -> dict:
+    """An organization managed by the main account, with these exact member ids.
+
+    moto's CreateAccount draws a random id (and creates the member's
+    OrganizationAccountAccessRole with it), so the ids are fed to it.
+    JoinedTimestamps are distinct whole seconds (moto's paginator locates the
+    next page by them): the management account joined a year ago, each other
+    account an hour after the previous one, in scenario order.
+    """
+    from moto.organizations.models import organizations_backends
+
+    backend = organizations_backends[main_account]["aws"]
+    backend.create_organization(region=DEFAULT_REGION, FeatureSet="ALL")
+    joined = _utc_seconds(now - timedelta(days=365))
+    backend.accounts[0].create_time = joined
+    with _account_ids(members + suspended):
+        for n, account_id in enumerate(members + suspended, start=1):
+            backend.create_account(AccountName=f"account-{account_id}",
+                                   Email=f"aws+{account_id}@example.com")
+            account = backend.accounts[-1]
+            assert account.id == account_id
+            account.create_time = joined + timedelta(hours=n)
+            if account_id in suspended:
+                account.status = account.state = "SUSPENDED"
+    return {"accounts": [main_account] + members, "suspended": list(suspended)}
+
+
+def seed_exporter_user(main_account: str, auth: AuthSpec, now: datetime) -> tuple[dict, dict]:
+    """Auth mode: the user the exporter signs as, with its policies inline.
+
+    Its key is new and never used, and its service-last-accessed job completes
+    at once with no entries. Returns (credentials for the JSON line,
+    service-last-accessed data by ARN).
+    """
+    from moto.iam.models import iam_backends
+
+    spec = UserSpec(name=EXPORTER_USER, path="/", created_days_ago=0,
+                    keys=[KeySpec(0, "Active", None, None, None)], in_progress_polls=0)
+    (described,), services_by_arn = seed(main_account, [spec], now)
+    backend = iam_backends[main_account]["aws"]
+    for name, policy in (("iam-key-exporter", auth.policy), ("iam-key-exporter-hub", auth.hub)):
+        if policy is not None:
+            backend.put_user_policy(EXPORTER_USER, name, json.dumps(policy))
+    key = backend.users[EXPORTER_USER].access_keys[0]
+    return {"user_name": EXPORTER_USER, "arn": described["arn"],
+            "access_key_id": key.access_key_id,
+            "secret_access_key": key.secret_access_key}, services_by_arn
+
+
+def install_account_routing(member_accounts: list[str]) -> None:
+    """Answer a request signed with a member account's key from that account.
+
+    moto picks the account for a request from MOTO_ACCOUNT_ID first, so with
+    it set (as this script does for unknown credentials) the credentials of
+    a role assumed in a member account would still be answered from the main
+    account. Keys moto issued in a member account (AssumeRole credentials,
+    or a seeded member user's key) now select that account; everything else
+    still goes to MOTO_ACCOUNT_ID.
+    """
+    from moto.core.responses import BaseResponse
+    from moto.iam.models import iam_backends
+
+    original = BaseResponse.get_current_account
+
+    def get_current_account(self: BaseResponse) -> str:
+        access_key = self.get_access_key()
+        for account_id in member_accounts:
+            if access_key in iam_backends[account_id]["aws"].access_keys:
+                return account_id
+        return original(self)
+
+    BaseResponse.get_current_account = get_current_account
+
+
+def install_assume_role_trust(main_account: str, accounts: list[AccountSpec],
+                              suspended: list[str]) -> None:
+    """Make AssumeRole refuse what AWS refuses, for the scenario's accounts.
+
+    moto 5.2.5 hands out credentials for any role ARN, existing or not, and
+    checks no trust policy across accounts. Here AssumeRole answers
+    AccessDenied (403) when the role does not exist, when its account is
+    suspended, and, for a scenario member role, when the caller is not in
+    the main account or the ExternalId differs from the scenario's.
+    """
+    from moto.core.exceptions import AccessDeniedError
+    from moto.iam.exceptions import NotFoundException
+    from moto.iam.models import iam_backends
+    from moto.sts.responses import TokenResponse
+
+    roles = {a.role_arn: a for a in accounts}
+    original = TokenResponse.assume_role
+
+    def assume_role(self: TokenResponse):
+        role_arn = self._get_param("RoleArn") or ""
+        match = re.fullmatch(r"arn:aws:iam::(\d{12}):role/.+", role_arn)
+        if match is None:  # moto's own validation
+            return original(self)
+        allowed = match.group(1) not in suspended
+        if allowed:
+            try:
+                iam_backends[match.group(1)]["aws"].get_role_by_arn(role_arn)
+            except NotFoundException:
+                allowed = False
+        spec = roles.get(role_arn)
+        if allowed and spec is not None:
+            allowed = self.current_account == main_account and (
+                spec.external_id is None or self._get_param("ExternalId") == spec.external_id)
+        if not allowed:
+            _, caller, _ = self.backend.get_caller_identity(self.get_access_key(), self.region)
+            raise AccessDeniedError(user_arn=caller,
+                                    action=f"sts:AssumeRole on resource: {role_arn}")
+        return original(self)
+
+    TokenResponse.assume_role = assume_role
+
+
+def install_organizations() -> None:
+    """ListAccounts as the real API answers it.
+
+    moto pages by MaxResults but defaults to 100 accounts a page; the real
+    API's pages hold at most 20. Without an organization moto lists nothing;
+    AWS answers AWSOrganizationsNotInUseException, or AccessDeniedException
+    to a member account. NextToken is left out on the last page, as in AWS.
+
+    In auth mode moto denies an Organizations call with its IAM-style XML
+    error (HTTP 403, code AccessDenied), which a JSON-protocol client cannot
+    read. Here it is the JSON error AWS sends: AccessDeniedException, HTTP
+    400, with moto's message (which names the user and the action).
+    """
+    from moto.core.exceptions import AccessDeniedError, JsonRESTError, _RESTError
+    from moto.organizations.exceptions import (AWSOrganizationsNotInUseException,
+                                               OrganizationsClientError)
+    from moto.organizations.models import organizations_backends
+    from moto.organizations.responses import OrganizationsResponse
+
+    def list_accounts(self: OrganizationsResponse) -> str:
+        backend = self.organizations_backend
+        if backend.org is None:
+            if self.current_account in organizations_backends.master_accounts:
+                raise OrganizationsClientError(
+                    "AccessDeniedException", "You don't have permissions to access this resource.")
+            raise AWSOrganizationsNotInUseException
+        accounts, next_token = backend.list_accounts(
+            max_results=self._get_param("MaxResults") or ORG_PAGE_SIZE,
+            next_token=self._get_param("NextToken"))
+        response: dict[str, Any] = {"Accounts": accounts}
+        if next_token:
+            response["NextToken"] = next_token
+        return json.dumps(response)
+
+    authorize = OrganizationsResponse._authenticate_and_authorize_normal_action
+
+    def authorize_json(self: OrganizationsResponse, resource: str = "*") -> None:
+        try:
+            authorize(self, resource)
+        except AccessDeniedError as exc:
+            denied = JsonRESTError("AccessDeniedException", exc.message)
+            denied.code = 400
+            raise denied from None
+        except _RESTError as exc:  # e.g. InvalidClientTokenId: same code and status, as JSON
+            raise exc.to_json() from None
+
+    OrganizationsResponse.list_accounts = list_accounts
+    OrganizationsResponse._authenticate_and_authorize_normal_action = authorize_json
+
+
+# The IAM actions whose resource is a user: the user named by UserName, or
+# the caller when it is left out.
+USER_RESOURCE_ACTIONS = frozenset({
+    "GetUser", "ListAccessKeys", "ListUserTags", "GetLoginProfile", "ListMFADevices",
+    "ListUserPolicies", "ListAttachedUserPolicies", "ListGroupsForUser",
+    "ListSigningCertificates", "ListSSHPublicKeys", "ListServiceSpecificCredentials",
+})
+
+
+def install_user_resources() -> None:
+    """Auth mode: authorize user-scoped IAM actions against the user's ARN.
+
+    moto authorizes every IAM action except role ones against the resource
+    "*", which a statement with Resource arn:aws:iam::*:user/* never
+    matches. Here the resource is the user's ARN (with its path), as in AWS:
+    the named user (or the caller) for USER_RESOURCE_ACTIONS, the key's owner
+    for GetAccessKeyLastUsed, the Arn parameter for
+    GenerateServiceLastAccessedDetails. For a user that does not exist the
+    resource is arn:aws:iam::<account>:user/<name> (no path), for a key that
+    does not exist arn:aws:iam::<account>:user/*; when that is allowed, moto
+    answers its usual NoSuchEntity.
+    """
+    from moto.iam.responses import IamResponse
+
+    original = IamResponse._determine_resource
+
+    def _determine_resource(self: IamResponse) -> str:
+        resource = original(self)
+        action = self._get_action()
+        if resource != "*":  # a role
+            return resource
+        if action == "GenerateServiceLastAccessedDetails":
+            return self._get_param("Arn") or "*"
+        if action == "GetAccessKeyLastUsed":
+            user = self.backend.get_user_from_access_key_id(self._get_param("AccessKeyId") or "")
+            return user.arn if user else f"arn:aws:iam::{self.current_account}:user/*"
+        if action in USER_RESOURCE_ACTIONS:
+            name = self._get_param("UserName")
+            if not name:
+                user = self.backend.get_user_from_access_key_id(self.get_access_key())
+                return user.arn if user else "*"
+            user = self.backend.users.get(name)
+            return user.arn if user else f"arn:aws:iam::{self.current_account}:user/{name}"
+        return resource
+
+    IamResponse._determine_resource = _determine_resource
+
+
+# --------------------------------------------------------------------------
 # Server lifecycle
 # --------------------------------------------------------------------------
 
@@ -664,9 +1135,21 @@ def main(argv: list[str] | None = None) -> int:
 
     # Route every request to the scenario account, whatever credentials the
     # client signs with (moto otherwise maps unknown keys to 123456789012).
+    # Keys moto issued in a member account are routed there (see below).
     os.environ["MOTO_ACCOUNT_ID"] = account_id
+    if scenario.auth is not None:
+        # moto reads this once, when moto.settings is first imported: 0 means
+        # every request is authenticated and authorized. Seeding writes to the
+        # backends directly, which never counts as a request.
+        os.environ["INITIAL_NO_AUTH_ACTION_COUNT"] = "0"
 
+    from moto import settings as moto_settings
+    from moto.core.authorization import ActionAuthenticatorMixin
     from moto.iam.models import iam_backends
+
+    if scenario.auth is not None and moto_settings.INITIAL_NO_AUTH_ACTION_COUNT != 0:
+        log.error("moto was imported before INITIAL_NO_AUTH_ACTION_COUNT was set")
+        return 1
 
     now = datetime.now(timezone.utc)
     started = time.monotonic()
@@ -675,17 +1158,56 @@ def main(argv: list[str] | None = None) -> int:
     if scenario.report_generated_hours_ago is not None:
         preset_credential_report(iam_backends[account_id]["aws"],
                                  now - timedelta(hours=scenario.report_generated_hours_ago))
+
+    # Member roles get the exporter's policy: in auth mode the scenario's
+    # policy file minus remove_actions, otherwise config/iam-policy.json.
+    role_policy = None
+    if scenario.accounts:
+        role_policy = (scenario.auth.policy if scenario.auth is not None
+                       else _load_policy(EXPORTER_POLICY, "exporter policy"))
+    accounts = []
+    for spec in scenario.accounts:
+        account, services = seed_member_account(spec, account_id, role_policy, now)
+        accounts.append(account)
+        services_by_arn.update(services)
+    organization = None
+    if scenario.organization:
+        organization = seed_organization(
+            account_id, [a.account_id for a in scenario.accounts if a.in_organization],
+            scenario.suspended, now)
+    credentials = None
+    if scenario.auth is not None:
+        credentials, services = seed_exporter_user(account_id, scenario.auth, now)
+        services_by_arn.update(services)
+
     install_service_last_accessed(services_by_arn)
     install_credential_report()
+    install_organizations()
+    if scenario.accounts or scenario.suspended:
+        install_account_routing([a.account_id for a in scenario.accounts])
+        install_assume_role_trust(account_id, scenario.accounts, scenario.suspended)
+    if scenario.auth is not None:
+        install_user_resources()
+        if ActionAuthenticatorMixin.request_count != 0:  # seeding must not count as requests
+            log.error("seeding used %d unauthenticated requests",
+                      ActionAuthenticatorMixin.request_count)
+            return 1
     server = start_server(args.host, args.port)
     host, port = server.get_host_and_port()
     if host in ("0.0.0.0", "::"):
         host = "127.0.0.1"
     endpoint = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
-    line = {"endpoint": endpoint, "account_id": account_id, "users": described}
+    line: dict[str, Any] = {"endpoint": endpoint, "account_id": account_id, "users": described}
     if args.bench_users:  # thousands of users: counts only
         line.update(users=len(described), keys=sum(len(u["keys"]) for u in described))
+    if scenario.accounts:
+        line["accounts"] = accounts
+    if organization is not None:
+        line["organization"] = organization
+    if credentials is not None:
+        # moto-made test credentials of the exporter's user, valid only here.
+        line["credentials"] = credentials
     real_stdout.write(json.dumps(line) + "\n")
     real_stdout.flush()
     log.info("serving %d users on %s", len(described), endpoint)

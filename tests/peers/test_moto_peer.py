@@ -1,0 +1,533 @@
+"""Self-test of moto_server.py: user tags, member accounts, organization, auth mode.
+
+Run with the peer venv (moto[server] 5.2.5 and boto3):
+
+    target/peers/venv/bin/python -m unittest tests/peers/test_moto_peer.py -v
+
+Each test starts moto_server.py as a subprocess with a scenario, reads its
+JSON line and talks to it with boto3 (retries off, so an error is seen as the
+server sent it). Closing the server's stdin stops it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import csv
+import io
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import unittest
+from pathlib import Path
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import ClientError
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+SCRIPT = HERE / "moto_server.py"
+MULTI = json.loads((HERE / "multi-account.json").read_text())
+NO_RETRIES = Config(retries={"total_max_attempts": 1})
+PLAIN = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
+DENIED = ("AccessDenied", "AccessDeniedException")
+
+
+def policy_actions(path: Path) -> list[str]:
+    actions = []
+    for st in json.loads(path.read_text())["Statement"]:
+        actions += [st["Action"]] if isinstance(st["Action"], str) else st["Action"]
+    return actions
+
+
+EXPORTER_ACTIONS = policy_actions(REPO / "config" / "iam-policy.json")
+HUB_ACTIONS = policy_actions(REPO / "config" / "iam-policy-hub.json")
+
+
+class Peer:
+    """moto_server.py with a scenario (a dict or a file), as a context manager."""
+
+    def __init__(self, scenario: dict | Path, wait: bool = True):
+        if isinstance(scenario, dict):
+            self._file = tempfile.NamedTemporaryFile("w", suffix=".json", delete=False)
+            json.dump(scenario, self._file)
+            self._file.close()
+            path = self._file.name
+        else:
+            self._file, path = None, str(scenario)
+        self.proc = subprocess.Popen(
+            [sys.executable, str(SCRIPT), "--scenario", path],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.line: dict = {}
+        if wait:
+            self.ready()
+
+    def ready(self) -> "Peer":
+        """Wait for the JSON line (wait=False starts several servers at once)."""
+        if not self.line:
+            out = self.proc.stdout.readline()
+            if not out:
+                self.close()
+                raise AssertionError(f"moto_server.py printed nothing: {self.stderr}")
+            self.line = json.loads(out)
+            self.endpoint = self.line["endpoint"]
+        return self
+
+    def client(self, service: str, creds: dict | None = None):
+        return boto3.client(service, endpoint_url=self.endpoint, region_name="us-east-1",
+                            config=NO_RETRIES, **(creds or PLAIN))
+
+    def close(self) -> int:
+        self.proc.stdin.close()  # EOF: the server stops
+        rc = self.proc.wait(timeout=30)
+        self.stderr = self.proc.stderr.read()
+        self.proc.stdout.close()
+        self.proc.stderr.close()
+        if self._file is not None:
+            os.unlink(self._file.name)
+        return rc
+
+    def __enter__(self) -> "Peer":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        rc = self.close()
+        if exc[0] is None and rc != 0:
+            raise AssertionError(f"moto_server.py exited {rc}: {self.stderr}")
+
+
+def assumed(sts, role_arn: str, external_id: str | None = None) -> dict:
+    """Credentials (boto3 keyword arguments) of an AssumeRole call."""
+    kw = {"ExternalId": external_id} if external_id else {}
+    c = sts.assume_role(RoleArn=role_arn, RoleSessionName="peer-test", **kw)["Credentials"]
+    return {"aws_access_key_id": c["AccessKeyId"], "aws_secret_access_key": c["SecretAccessKey"],
+            "aws_session_token": c["SessionToken"]}
+
+
+def error_code(call) -> str | None:
+    """The error code a call answers, or None when it succeeds."""
+    try:
+        call()
+    except ClientError as exc:
+        return exc.response["Error"]["Code"]
+    return None
+
+
+def external_id(account_id: str) -> str | None:
+    return next(a.get("external_id") for a in MULTI["accounts"] if a["account_id"] == account_id)
+
+
+class ScenarioValidation(unittest.TestCase):
+    def rejected(self, scenario: dict, message: str) -> None:
+        with tempfile.NamedTemporaryFile("w", suffix=".json") as f:
+            json.dump(scenario, f)
+            f.flush()
+            run = subprocess.run([sys.executable, str(SCRIPT), "--scenario", f.name],
+                                 stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                                 timeout=30)
+        self.assertEqual(run.returncode, 2, run.stderr)
+        self.assertEqual(run.stdout, "")
+        self.assertIn(message, run.stderr)
+
+    def test_errors_name_the_path(self) -> None:
+        base = copy.deepcopy(MULTI)
+        cases = []
+
+        s = copy.deepcopy(base)
+        s["accounts"][1]["users"][0]["tags"] = {"team": 7}
+        cases.append((s, "accounts[1].users[0].tags.team: expected a string"))
+        s = copy.deepcopy(base)
+        s["accounts"][1]["users"][0]["tags"] = ["team"]
+        cases.append((s, "accounts[1].users[0].tags: expected an object"))
+        s = copy.deepcopy(base)
+        s["accounts"][0]["users"][1]["keys"][0]["lastUsed"] = 1
+        cases.append((s, "accounts[0].users[1].keys[0]: unknown field(s) ['lastUsed']"))
+        s = copy.deepcopy(base)
+        s["accounts"][1]["roleName"] = "x"
+        cases.append((s, "accounts[1]: unknown field(s) ['roleName']"))
+        s = copy.deepcopy(base)
+        s["accounts"][1]["account_id"] = s["accounts"][0]["account_id"]
+        cases.append((s, "accounts[1].account_id: 210987654321 is the scenario's account"))
+        s = copy.deepcopy(base)
+        s["accounts"][0]["account_id"] = 210987654321
+        cases.append((s, "accounts[0].account_id: expected an account id"))
+        s = copy.deepcopy(base)
+        s["accounts"][0]["role_name"] = "no spaces"
+        cases.append((s, "accounts[0].role_name: not a valid IAM role name"))
+        s = copy.deepcopy(base)
+        s["accounts"][1]["external_id"] = "x"
+        cases.append((s, "accounts[1].external_id: 2-1224 characters"))
+        s = copy.deepcopy(base)
+        s["organization"]["suspended"] = ["210987654321"]
+        cases.append((s, "organization.suspended[0]: account 210987654321 is"))
+        s = copy.deepcopy(base)
+        s["organization"] = {"enabled": False, "suspended": []}
+        cases.append((s, "organization.suspended: needs enabled true"))
+        s = copy.deepcopy(base)
+        s["organization"] = {"enabled": True, "members": []}
+        cases.append((s, "organization: unknown field(s) ['members']"))
+        s = copy.deepcopy(base)
+        s["auth"] = {"policy_file": "config/iam-policy.json", "remove_actions": ["iam:GetUser"]}
+        cases.append((s, "auth.remove_actions[0]: 'iam:GetUser' is in neither"))
+        s = copy.deepcopy(base)
+        s["auth"] = {"policy_file": "config/no-such-policy.json"}
+        cases.append((s, "no-such-policy.json"))
+        s = copy.deepcopy(base)
+        s["auth"] = {"policy": "config/iam-policy.json"}
+        cases.append((s, "auth: unknown field(s) ['policy']"))
+        s = copy.deepcopy(base)
+        s["auth"] = {"policy_file": "config/iam-policy.json"}
+        s["users"][0]["name"] = "iam-key-exporter"
+        cases.append((s, "users: 'iam-key-exporter' is the user auth mode creates"))
+        for scenario, message in cases:
+            with self.subTest(message):
+                self.rejected(scenario, message)
+
+
+class SingleAccount(unittest.TestCase):
+    def test_existing_scenario_keeps_its_output(self) -> None:
+        with Peer(HERE / "sample-inventory.json") as peer:
+            self.assertEqual(set(peer.line), {"endpoint", "account_id", "users"})
+            self.assertTrue(all(u["tags"] == {} for u in peer.line["users"]))
+            orgs = peer.client("organizations")
+            self.assertEqual(error_code(orgs.list_accounts), "AWSOrganizationsNotInUseException")
+
+    def test_user_tags(self) -> None:
+        scenario = {"users": [
+            {"name": "tagged", "created_days_ago": 3,
+             "tags": {"team": "platform", "owner": "o@example.com", "empty": ""}},
+            {"name": "untagged", "created_days_ago": 3}]}
+        with Peer(scenario) as peer:
+            tagged, untagged = peer.line["users"]
+            self.assertEqual(tagged["tags"], {"team": "platform", "owner": "o@example.com",
+                                              "empty": ""})
+            self.assertEqual(untagged["tags"], {})
+            iam = peer.client("iam")
+            for user in peer.line["users"]:
+                tags = iam.list_user_tags(UserName=user["name"])["Tags"]
+                self.assertEqual({t["Key"]: t["Value"] for t in tags}, user["tags"])
+
+
+class MultiAccount(unittest.TestCase):
+    peer: Peer
+
+    @classmethod
+    def setUpClass(cls) -> None:
+        cls.peer = Peer(HERE / "multi-account.json")
+
+    @classmethod
+    def tearDownClass(cls) -> None:
+        assert cls.peer.close() == 0, cls.peer.stderr
+
+    def test_output(self) -> None:
+        line = self.peer.line
+        self.assertEqual(line["account_id"], "123456789012")
+        self.assertEqual([a["account_id"] for a in line["accounts"]],
+                         ["210987654321", "345678901234"])
+        for account in line["accounts"]:
+            self.assertEqual(account["role_arn"],
+                             f"arn:aws:iam::{account['account_id']}:role/iam-key-exporter")
+            for user in account["users"]:
+                self.assertTrue(user["arn"].startswith(f"arn:aws:iam::{account['account_id']}:"))
+        erin = line["accounts"][0]["users"][1]
+        self.assertEqual(erin["tags"], {"team": "analytics", "owner": "erin@example.com"})
+        self.assertEqual(line["organization"], {
+            "accounts": ["123456789012", "210987654321", "345678901234"],
+            "suspended": ["456789012345"]})
+        self.assertNotIn("credentials", line)
+
+    def test_plain_credentials_stay_in_the_main_account(self) -> None:
+        sts, iam = self.peer.client("sts"), self.peer.client("iam")
+        self.assertEqual(sts.get_caller_identity()["Account"], "123456789012")
+        self.assertEqual([u["UserName"] for u in iam.list_users()["Users"]],
+                         [u["name"] for u in self.peer.line["users"]])
+
+    def test_assumed_role_is_answered_by_its_account(self) -> None:
+        sts = self.peer.client("sts")
+        for account in self.peer.line["accounts"]:
+            acct = account["account_id"]
+            with self.subTest(acct):
+                creds = assumed(sts, account["role_arn"], external_id(acct))
+                me = self.peer.client("sts", creds).get_caller_identity()
+                self.assertEqual(me["Account"], acct)
+                self.assertEqual(me["Arn"],
+                                 f"arn:aws:sts::{acct}:assumed-role/iam-key-exporter/peer-test")
+                iam = self.peer.client("iam", creds)
+                users = account["users"]
+                self.assertEqual(sorted(u["Arn"] for u in iam.list_users()["Users"]),
+                                 sorted(u["arn"] for u in users))
+                self.assertEqual(iam.get_account_summary()["SummaryMap"]["Users"], len(users))
+                for user in users:
+                    keys = iam.list_access_keys(UserName=user["name"])["AccessKeyMetadata"]
+                    self.assertEqual([k["AccessKeyId"] for k in keys],
+                                     [k["access_key_id"] for k in user["keys"]])
+                    for key in user["keys"]:
+                        used = iam.get_access_key_last_used(AccessKeyId=key["access_key_id"])
+                        self.assertEqual(used["UserName"], user["name"])
+                        self.assertEqual(used["AccessKeyLastUsed"]["Region"],
+                                         key["last_used_region"])
+                        date = used["AccessKeyLastUsed"].get("LastUsedDate")
+                        self.assertEqual(date and date.timestamp(), key["last_used_date"])
+                    tags = iam.list_user_tags(UserName=user["name"])["Tags"]
+                    self.assertEqual({t["Key"]: t["Value"] for t in tags}, user["tags"])
+                    job = iam.generate_service_last_accessed_details(Arn=user["arn"])["JobId"]
+                    for _ in range(5):
+                        details = iam.get_service_last_accessed_details(JobId=job)
+                        if details["JobStatus"] != "IN_PROGRESS":
+                            break
+                    self.assertEqual([s["ServiceNamespace"]
+                                      for s in details["ServicesLastAccessed"]],
+                                     [s["namespace"] for s in user["services"]])
+                    # The job belongs to the member account, not the main one.
+                    self.assertEqual(error_code(lambda: self.peer.client("iam")
+                                                .get_service_last_accessed_details(JobId=job)),
+                                     "InvalidInput")
+                    # A main-account client does not see the member's users.
+                    self.assertEqual(error_code(lambda: self.peer.client("iam")
+                                                .list_access_keys(UserName=user["name"])),
+                                     "NoSuchEntity")
+                iam.generate_credential_report()
+                report = iam.get_credential_report()
+                rows = list(csv.DictReader(io.StringIO(report["Content"].decode())))
+                self.assertEqual(sorted(r["arn"] for r in rows), sorted(u["arn"] for u in users))
+                self.assertLess(abs(report["GeneratedTime"].timestamp()
+                                    - server_time(self.peer)), 120)
+
+    def test_assume_role_honours_the_trust_policy(self) -> None:
+        sts = self.peer.client("sts")
+        open_, guarded = self.peer.line["accounts"]
+        denied = lambda arn, **kw: error_code(  # noqa: E731
+            lambda: sts.assume_role(RoleArn=arn, RoleSessionName="peer-test", **kw))
+        self.assertIsNone(denied(open_["role_arn"]))
+        self.assertIsNone(denied(guarded["role_arn"], ExternalId="iam-key-exporter-test"))
+        self.assertEqual(denied(guarded["role_arn"]), "AccessDenied")
+        self.assertEqual(denied(guarded["role_arn"], ExternalId="wrong-id"), "AccessDenied")
+        self.assertEqual(denied("arn:aws:iam::210987654321:role/no-such-role"), "AccessDenied")
+        self.assertEqual(denied("arn:aws:iam::456789012345:role/iam-key-exporter"),
+                         "AccessDenied")  # suspended
+        # Only the main account is trusted: not a role session in a member account.
+        member_sts = self.peer.client("sts", assumed(sts, open_["role_arn"]))
+        self.assertEqual(error_code(lambda: member_sts.assume_role(
+            RoleArn=guarded["role_arn"], RoleSessionName="peer-test",
+            ExternalId="iam-key-exporter-test")), "AccessDenied")
+
+    def test_organization_lists_every_account(self) -> None:
+        orgs = self.peer.client("organizations")
+        listed = orgs.list_accounts()
+        self.assertNotIn("NextToken", listed)
+        states = {a["Id"]: (a["Status"], a["State"]) for a in listed["Accounts"]}
+        self.assertEqual(states, {
+            "123456789012": ("ACTIVE", "ACTIVE"), "210987654321": ("ACTIVE", "ACTIVE"),
+            "345678901234": ("ACTIVE", "ACTIVE"), "456789012345": ("SUSPENDED", "SUSPENDED")})
+        pages, token = [], None
+        while True:
+            page = orgs.list_accounts(MaxResults=1, **({"NextToken": token} if token else {}))
+            pages.append([a["Id"] for a in page["Accounts"]])
+            token = page.get("NextToken")
+            if not token:
+                break
+        self.assertEqual(pages, [[a["Id"]] for a in listed["Accounts"]])
+        # A member account is not the management account.
+        member = self.peer.client("organizations",
+                                  assumed(self.peer.client("sts"),
+                                          self.peer.line["accounts"][0]["role_arn"]))
+        self.assertEqual(error_code(member.list_accounts), "AccessDeniedException")
+
+
+def server_time(peer: Peer) -> float:
+    """The server's clock, from the Date header of a response."""
+    from email.utils import parsedate_to_datetime
+
+    meta = peer.client("sts").get_caller_identity()["ResponseMetadata"]
+    return parsedate_to_datetime(meta["HTTPHeaders"]["date"]).timestamp()
+
+
+class Organization(unittest.TestCase):
+    def test_pages_hold_at_most_20_accounts(self) -> None:
+        suspended = [f"9000000000{n:02d}" for n in range(25)]
+        scenario = {"users": [], "accounts": [{"account_id": "111122223333"},
+                                              {"account_id": "444455556666",
+                                               "in_organization": False}],
+                    "organization": {"enabled": True, "suspended": suspended}}
+        with Peer(scenario) as peer:
+            self.assertEqual(peer.line["organization"]["accounts"],
+                             ["123456789012", "111122223333"])
+            orgs = peer.client("organizations")
+            first = orgs.list_accounts()
+            self.assertEqual(len(first["Accounts"]), 20)
+            second = orgs.list_accounts(NextToken=first["NextToken"])
+            self.assertNotIn("NextToken", second)
+            ids = [a["Id"] for a in first["Accounts"] + second["Accounts"]]
+            self.assertEqual(ids, ["123456789012", "111122223333"] + suspended)
+            paginated = [a["Id"] for page in orgs.get_paginator("list_accounts").paginate(
+                PaginationConfig={"PageSize": 7}) for a in page["Accounts"]]
+            self.assertEqual(paginated, ids)
+
+
+class AuthMode(unittest.TestCase):
+    """Every action of the exporter's policies, allowed when granted, denied when not."""
+
+    ACCOUNT = "345678901234"  # a member with an external id
+
+    def scenario(self, remove: list[str], policy_file: str = "config/iam-policy.json") -> dict:
+        s = copy.deepcopy(MULTI)
+        s["credential_report_generated_hours_ago"] = 1
+        s["auth"] = {"policy_file": policy_file, "remove_actions": remove}
+        return s
+
+    def calls(self, peer: Peer) -> dict:
+        """action -> a call needing it, made as the exporter (main user or member role)."""
+        creds = peer.line["credentials"]
+        mine = {"aws_access_key_id": creds["access_key_id"],
+                "aws_secret_access_key": creds["secret_access_key"]}
+        iam, sts = peer.client("iam", mine), peer.client("sts", mine)
+        orgs = peer.client("organizations", mine)
+        user = peer.line["users"][0]
+        key = user["keys"][0]["access_key_id"]
+        role = next(a["role_arn"] for a in peer.line["accounts"]
+                    if a["account_id"] == self.ACCOUNT)
+
+        def job() -> str:
+            try:
+                return iam.generate_service_last_accessed_details(Arn=user["arn"])["JobId"]
+            except ClientError:  # not allowed: any id, the check comes first
+                return "00000000-0000-0000-0000-000000000000"
+
+        return {
+            "iam:ListUsers": lambda: iam.list_users(),
+            "iam:GenerateCredentialReport": lambda: iam.generate_credential_report(),
+            "iam:GetCredentialReport": lambda: iam.get_credential_report(),
+            "iam:GetAccountSummary": lambda: iam.get_account_summary(),
+            "iam:ListAccessKeys": lambda: iam.list_access_keys(UserName=user["name"]),
+            "iam:GetAccessKeyLastUsed": lambda: iam.get_access_key_last_used(AccessKeyId=key),
+            "iam:ListUserTags": lambda: iam.list_user_tags(UserName=user["name"]),
+            "iam:GenerateServiceLastAccessedDetails":
+                lambda: iam.generate_service_last_accessed_details(Arn=user["arn"]),
+            "iam:GetServiceLastAccessedDetails":
+                lambda: iam.get_service_last_accessed_details(JobId=job()),
+            "sts:GetAccessKeyInfo": lambda: sts.get_access_key_info(AccessKeyId=key),
+            "sts:AssumeRole": lambda: sts.assume_role(
+                RoleArn=role, RoleSessionName="peer-test", ExternalId=external_id(self.ACCOUNT)),
+            "organizations:ListAccounts": lambda: orgs.list_accounts(),
+            "sts:GetCallerIdentity": lambda: sts.get_caller_identity(),
+        }
+
+    def member_calls(self, peer: Peer) -> dict:
+        """The exporter policy's actions made with the member role's credentials."""
+        creds = peer.line["credentials"]
+        sts = peer.client("sts", {"aws_access_key_id": creds["access_key_id"],
+                                  "aws_secret_access_key": creds["secret_access_key"]})
+        account = next(a for a in peer.line["accounts"] if a["account_id"] == self.ACCOUNT)
+        role = assumed(sts, account["role_arn"], external_id(self.ACCOUNT))
+        iam, sts = peer.client("iam", role), peer.client("sts", role)
+        user = account["users"][0]
+        key = user["keys"][0]["access_key_id"]
+
+        def job() -> str:
+            try:
+                return iam.generate_service_last_accessed_details(Arn=user["arn"])["JobId"]
+            except ClientError:
+                return "00000000-0000-0000-0000-000000000000"
+
+        def report():  # a member has no report until one is generated
+            try:
+                iam.generate_credential_report()
+            except ClientError:
+                pass
+            return iam.get_credential_report()
+
+        return {
+            "iam:ListUsers": lambda: iam.list_users(),
+            "iam:GenerateCredentialReport": lambda: iam.generate_credential_report(),
+            "iam:GetCredentialReport": report,
+            "iam:GetAccountSummary": lambda: iam.get_account_summary(),
+            "iam:ListAccessKeys": lambda: iam.list_access_keys(UserName=user["name"]),
+            "iam:GetAccessKeyLastUsed": lambda: iam.get_access_key_last_used(AccessKeyId=key),
+            "iam:ListUserTags": lambda: iam.list_user_tags(UserName=user["name"]),
+            "iam:GenerateServiceLastAccessedDetails":
+                lambda: iam.generate_service_last_accessed_details(Arn=user["arn"]),
+            "iam:GetServiceLastAccessedDetails":
+                lambda: iam.get_service_last_accessed_details(JobId=job()),
+            "sts:GetAccessKeyInfo": lambda: sts.get_access_key_info(AccessKeyId=key),
+        }
+
+    def test_every_action_is_enforced(self) -> None:
+        actions = EXPORTER_ACTIONS + HUB_ACTIONS
+        with Peer(self.scenario([])) as peer:
+            creds = peer.line["credentials"]
+            self.assertEqual(creds["user_name"], "iam-key-exporter")
+            self.assertEqual(creds["arn"], "arn:aws:iam::123456789012:user/iam-key-exporter")
+            calls = self.calls(peer)
+            self.assertEqual(set(calls), set(actions) | {"sts:GetCallerIdentity"})
+            # The first request of all is checked: seeding used up no allowance.
+            self.assertEqual(error_code(peer.client("iam").list_users), "InvalidClientTokenId")
+            for action, call in calls.items():
+                with self.subTest(granted=action):
+                    self.assertIsNone(error_code(call))
+            for action, call in self.member_calls(peer).items():
+                with self.subTest(granted_to_member_role=action):
+                    self.assertIsNone(error_code(call))
+
+        with contextlib.ExitStack() as servers:  # one server per removed action, started at once
+            peers = [servers.enter_context(Peer(self.scenario([a]), wait=False)) for a in actions]
+            servers.callback(lambda: [p.proc.stdin.close() for p in peers])  # all stop at once
+            for removed, peer in zip(actions, peers):
+                self.check_removed(removed, peer.ready())
+
+        with Peer(self.scenario(actions)) as peer:  # no policy at all
+            for action, call in self.calls(peer).items():
+                with self.subTest(everything_removed=action):
+                    expected = (None if action == "sts:GetCallerIdentity"
+                                else "AccessDeniedException" if action.startswith("organizations:")
+                                else "AccessDenied")
+                    self.assertEqual(error_code(call), expected)
+
+    def check_removed(self, removed: str, peer: Peer) -> None:
+        with self.subTest(removed=removed):
+            calls = self.calls(peer)
+            denied = ("AccessDeniedException" if removed.startswith("organizations:")
+                      else "AccessDenied")
+            self.assertEqual(error_code(calls.pop(removed)), denied)
+            for action, call in calls.items():  # only that one is gone
+                self.assertNotIn(error_code(call), DENIED, action)
+            if removed in EXPORTER_ACTIONS:  # the member role lost it too
+                member = self.member_calls(peer)
+                self.assertEqual(error_code(member.pop(removed)), denied)
+                for action, call in member.items():
+                    self.assertNotIn(error_code(call), DENIED, action)
+
+    def test_user_scoped_statements_match_the_user_arn(self) -> None:
+        policy = json.loads((REPO / "config" / "iam-policy.json").read_text())
+        for st in policy["Statement"]:
+            if st["Resource"] == "arn:aws:iam::*:user/*":
+                st["Resource"] = "arn:aws:iam::*:user/automation/*"
+        with tempfile.NamedTemporaryFile("w", suffix=".json") as f:
+            json.dump(policy, f)
+            f.flush()
+            scenario = self.scenario([], policy_file=f.name)  # an absolute path
+            with Peer(scenario) as peer:
+                creds = peer.line["credentials"]
+                sts = peer.client("sts", {"aws_access_key_id": creds["access_key_id"],
+                                          "aws_secret_access_key": creds["secret_access_key"]})
+                account = peer.line["accounts"][0]  # etl-bot in /automation/, erin in /people/
+                iam = peer.client("iam", assumed(sts, account["role_arn"]))
+                etl, erin = account["users"]
+                for user, expected in ((etl, None), (erin, "AccessDenied")):
+                    with self.subTest(user["arn"]):
+                        name, key = user["name"], user["keys"][0]["access_key_id"]
+                        self.assertEqual(error_code(lambda: iam.list_access_keys(UserName=name)),
+                                         expected)
+                        self.assertEqual(error_code(lambda: iam.list_user_tags(UserName=name)),
+                                         expected)
+                        self.assertEqual(error_code(
+                            lambda: iam.get_access_key_last_used(AccessKeyId=key)), expected)
+                        self.assertEqual(error_code(
+                            lambda: iam.generate_service_last_accessed_details(Arn=user["arn"])),
+                            expected)
+
+
+if __name__ == "__main__":
+    unittest.main()
