@@ -1043,6 +1043,31 @@ def install_user_resources() -> None:
     IamResponse._determine_resource = _determine_resource
 
 
+def install_query_auth_errors() -> None:
+    """Auth mode: moto's authentication and authorization errors in IAM's shape.
+
+    moto writes them as <ErrorResponse><Errors><Error>..., the EC2 shape.
+    IAM and STS answer <ErrorResponse><Error>...</Error><RequestId>, and an
+    SDK reading the query protocol finds no error code in the EC2 shape (the
+    Rust SDK reports code None). Here the body is IAM's shape, with the same
+    code, message and HTTP status. Organizations' JSON errors are made in
+    install_organizations from the exception's code and message, unchanged.
+    """
+    from xmltodict import unparse
+    from moto.core import exceptions as core
+
+    for cls in (core.AccessDeniedError, core.InvalidClientTokenIdError,
+                core.SignatureDoesNotMatchError, core.AuthFailureError):
+        def __init__(self, *args: Any, __original=cls.__init__, **kwargs: Any) -> None:
+            __original(self, *args, **kwargs)
+            self.description = unparse({"ErrorResponse": {
+                "@xmlns": "https://iam.amazonaws.com/doc/2010-05-08/",
+                "Error": {"Type": "Sender", "Code": self.error_type, "Message": self.message},
+                "RequestId": str(uuid.uuid4()),
+            }}, full_document=True)
+        cls.__init__ = __init__
+
+
 # --------------------------------------------------------------------------
 # Server lifecycle
 # --------------------------------------------------------------------------
@@ -1188,6 +1213,7 @@ def main(argv: list[str] | None = None) -> int:
         install_assume_role_trust(account_id, scenario.accounts, scenario.suspended)
     if scenario.auth is not None:
         install_user_resources()
+        install_query_auth_errors()
         if ActionAuthenticatorMixin.request_count != 0:  # seeding must not count as requests
             log.error("seeding used %d unauthenticated requests",
                       ActionAuthenticatorMixin.request_count)
