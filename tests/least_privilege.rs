@@ -237,7 +237,20 @@ fn without(action: &str, operation: &str, source: &str, expect: Expect) {
         );
         assert!(line.contains(action), "names the permission: {line}");
     }
-    if !matches!(expect, Expect::MembersFail) {
+    if let Expect::MembersFail = expect {
+        let without_credentials =
+            m.0.iter()
+                .filter(|(k, _)| {
+                    k.starts_with("iam_key_exporter_aws_errors_total{")
+                        && k.contains("code=\"credentials\"")
+                })
+                .count();
+        assert!(
+            without_credentials >= 1,
+            "calls failing for want of credentials are counted"
+        );
+        assert!(line.contains("sts:AssumeRole"), "{line}");
+    } else {
         // Organizations' JSON protocol names it AccessDeniedException.
         let counted: f64 = ["AccessDenied", "AccessDeniedException"]
             .iter()

@@ -19,6 +19,7 @@ use aws_config::sts::AssumeRoleProvider;
 use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, Region};
 use aws_credential_types::provider::SharedCredentialsProvider;
+use aws_credential_types::provider::error::CredentialsError;
 use aws_sdk_iam::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_smithy_http_client::tls;
 use aws_smithy_runtime_api::box_error::BoxError;
@@ -94,15 +95,37 @@ impl IamError {
     }
 }
 
-/// IAM's error code, or a fixed word for failures that never got an answer from IAM.
+/// IAM's error code, or a fixed word for failures that never got an answer from IAM:
+/// `credentials` when no credentials could be had (an assumed role refused, expired
+/// SSO), `dispatch` when the request could not be sent, `timeout`, `response` for an
+/// answer that could not be read, `construction` for a request that could not be built.
 fn error_code<E: ProvideErrorMetadata, R>(err: &SdkError<E, R>) -> &str {
     match err {
         SdkError::ConstructionFailure(_) => "construction",
         SdkError::TimeoutError(_) => "timeout",
+        SdkError::DispatchFailure(failure)
+            if failure
+                .as_connector_error()
+                .is_some_and(|e| lacks_credentials(e)) =>
+        {
+            "credentials"
+        }
         SdkError::DispatchFailure(_) => "dispatch",
         SdkError::ResponseError(_) => "response",
         _ => err.code().unwrap_or("unknown"),
     }
+}
+
+/// True when the call failed because its credentials provider failed.
+fn lacks_credentials(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut source = Some(err);
+    while let Some(current) = source {
+        if current.is::<CredentialsError>() {
+            return true;
+        }
+        source = current.source();
+    }
+    false
 }
 
 /// Counts a failed call in `aws_errors_total` and passes the result through.
