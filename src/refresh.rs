@@ -631,14 +631,18 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     fn inventory(users: &[&str]) -> Inventory {
+        inventory_of(A, users)
+    }
+
+    fn inventory_of(account: &str, users: &[&str]) -> Inventory {
         Inventory {
-            account_id: "123456789012".into(),
+            account_id: account.into(),
             collected_at: SystemTime::now(),
             users: users
                 .iter()
                 .map(|name| User {
                     name: name.to_string(),
-                    arn: format!("arn:aws:iam::123456789012:user/{name}"),
+                    arn: format!("arn:aws:iam::{account}:user/{name}"),
                     keys: vec![AccessKey {
                         id: format!("AKIA{}", name.to_uppercase()),
                         status: KeyStatus::Active,
@@ -697,6 +701,63 @@ mod tests {
             "aws_iam_user_services_granted{account_id=\"123456789012\",user=\"alice\"} 4"
         ));
         assert_eq!(shared.metrics.snapshot_access_keys.get(), 1);
+    }
+
+    #[tokio::test]
+    async fn accounts_publish_and_leave_without_touching_each_other() {
+        let shared = Shared::new(Arc::new(ExporterMetrics::new()));
+        let (one, two) = ("111111111111", "222222222222");
+        shared
+            .publish_inventory(one, Some("payments".into()), inventory_of(one, &["alice"]))
+            .await;
+        shared
+            .publish_inventory(two, None, inventory_of(two, &["bob"]))
+            .await;
+        let text = exposition(&shared);
+        assert!(text.contains("account_id=\"111111111111\",user=\"alice\""));
+        assert!(text.contains("account_id=\"222222222222\",user=\"bob\""));
+        assert!(text.contains(
+            "aws_iam_account_info{account_id=\"111111111111\",account_name=\"payments\"} 1"
+        ));
+        assert_eq!(shared.snapshot().unwrap().accounts, 2);
+
+        // A new inventory of one account replaces that account's data only.
+        shared
+            .publish_inventory(two, None, inventory_of(two, &["carol"]))
+            .await;
+        let text = exposition(&shared);
+        assert!(text.contains("user=\"alice\""));
+        assert!(!text.contains("user=\"bob\""));
+
+        shared.remove_account(one).await;
+        let text = exposition(&shared);
+        assert!(!text.contains("111111111111"), "{text}");
+        assert!(text.contains("user=\"carol\""));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn accounts_publishing_at_once_are_all_in_the_final_snapshot() {
+        let shared = Arc::new(Shared::new(Arc::new(ExporterMetrics::new())));
+        let accounts: Vec<String> = (0..64)
+            .map(|i| format!("{:012}", 100_000_000_000u64 + i))
+            .collect();
+        let tasks: Vec<_> = accounts
+            .iter()
+            .map(|account| {
+                let (shared, account) = (shared.clone(), account.clone());
+                tokio::spawn(async move {
+                    let inventory = inventory_of(&account, &["user"]);
+                    shared.publish_inventory(&account, None, inventory).await;
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await.unwrap();
+        }
+        // Renders coalesce, but none loses an account that had published before it.
+        let snapshot = shared.snapshot().unwrap();
+        assert_eq!(snapshot.accounts, 64);
+        assert_eq!(snapshot.keys, 64);
     }
 
     #[tokio::test(start_paused = true)]

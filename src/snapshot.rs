@@ -459,9 +459,12 @@ mod tests {
             )),
             "{text}"
         );
-        assert!(text.contains(&format!(
-            "aws_iam_access_key_last_used_info{{access_key_id=\"AKIAAAAAAAAAAAAAAAA1\",account_id=\"210987654321\",last_used_region=\"eu-west-1\",last_used_service=\"s3\",tag_owner=\"ana@example.com\",tag_team=\"pay\\\"ments\",user=\"ci-bot\"}} 1"
-        )), "{text}");
+        assert!(
+            text.contains(
+                "aws_iam_access_key_last_used_info{access_key_id=\"AKIAAAAAAAAAAAAAAAA1\",account_id=\"210987654321\",last_used_region=\"eu-west-1\",last_used_service=\"s3\",tag_owner=\"ana@example.com\",tag_team=\"pay\\\"ments\",user=\"ci-bot\"} 1"
+            ),
+            "{text}"
+        );
         assert!(
             text.contains(&format!("aws_iam_user_services_granted{{{tagged}}} 5")),
             "{text}"
