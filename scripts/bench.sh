@@ -93,6 +93,10 @@ echo "== Credential report parsing (criterion)"
 cargo bench -q --locked --bench report_parse 2>&1 | grep -E "time:|parse credential"
 
 echo
+echo "== Snapshot rendering, 10,000 keys (criterion)"
+cargo bench -q --locked --bench snapshot_render 2>&1 | grep -E "time:|^render snapshot"
+
+echo
 echo "== The API source: 15,000 calls a run"
 # 15,000 calls a run, about 100 s against moto: three runs.
 refresh_runs api 3
