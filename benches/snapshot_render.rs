@@ -23,7 +23,11 @@ fn account(id: &str, users: usize, tagged: bool) -> AccountData {
             let keys = (0..2)
                 .map(|k| AccessKey {
                     id: format!("AKIA{:016}", i * 2 + k),
-                    status: if k == 0 { KeyStatus::Active } else { KeyStatus::Inactive },
+                    status: if k == 0 {
+                        KeyStatus::Active
+                    } else {
+                        KeyStatus::Inactive
+                    },
                     created: now - day * (30 + i as u32 % 900),
                     last_used: (i % 3 != 0).then(|| LastUse {
                         at: now - day * (i as u32 % 60),
@@ -66,8 +70,11 @@ fn account(id: &str, users: usize, tagged: bool) -> AccountData {
 }
 
 fn render(c: &mut Criterion) {
-    let one: BTreeMap<String, AccountData> =
-        [("123456789012".to_string(), account("123456789012", 5_000, false))].into();
+    let one: BTreeMap<String, AccountData> = [(
+        "123456789012".to_string(),
+        account("123456789012", 5_000, false),
+    )]
+    .into();
     let many: BTreeMap<String, AccountData> = (0..100)
         .map(|i| {
             let id = format!("{:012}", 100_000_000_000u64 + i);

@@ -54,8 +54,8 @@ async fn whois(settings: Settings, key_id: &str) -> ExitCode {
         return ExitCode::from(EXIT_BAD_CONFIG);
     }
     let metrics = std::sync::Arc::new(iam_key_exporter::metrics::ExporterMetrics::new());
-    let clients = iam_key_exporter::iam::Clients::from_env(&settings.aws, metrics).await;
-    match iam_key_exporter::whois::whois(&clients, key_id).await {
+    let base = iam_key_exporter::iam::AwsBase::load(&settings.aws, metrics).await;
+    match iam_key_exporter::whois::whois(&base, &settings, key_id).await {
         Ok(report) => {
             print!("{report}");
             ExitCode::SUCCESS

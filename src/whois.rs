@@ -1,13 +1,16 @@
 //! `iam-key-exporter whois KEY_ID`: which account owns an access key id, whether it is a
-//! long-term or a temporary key, and, when the account is the exporter's own, which user
-//! holds it, its status, age and last use.
+//! long-term or a temporary key, and, when the account is one the exporter watches (its
+//! own, a configured role's, or one Organizations discovery would assume into), which
+//! user holds it, its status, age and last use.
 
 use std::fmt::Write as _;
 use std::time::SystemTime;
 
 use aws_sdk_iam::error::ProvideErrorMetadata;
 
-use crate::iam::Clients;
+use crate::accounts;
+use crate::config::Settings;
+use crate::iam::{AssumeRole, AwsBase};
 use crate::inventory::elapsed;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,6 +45,23 @@ const OTHER_IDS: &[(&str, &str)] = &[
     ("APKA", "a CloudFront key id"),
     ("ASCA", "a certificate id"),
 ];
+
+/// The role through which the exporter reads `account`: a configured one, or the role
+/// Organizations discovery would assume there.
+fn role_for(settings: &Settings, account: &str, partition: &str) -> Option<AssumeRole> {
+    let configured = accounts::configured(settings)
+        .into_iter()
+        .find(|t| t.account_id.as_deref() == Some(account))
+        .and_then(|t| t.role);
+    let orgs = &settings.organizations;
+    configured.or_else(|| {
+        orgs.enabled.then(|| AssumeRole {
+            arn: format!("arn:{partition}:iam::{account}:role/{}", orgs.role_name),
+            external_id: orgs.external_id.clone(),
+            session_name: orgs.session_name.clone(),
+        })
+    })
+}
 
 /// Reads what the id itself says, offline.
 pub fn decode(id: &str) -> Result<Decoded, WhoisError> {
@@ -84,8 +104,9 @@ pub fn decode(id: &str) -> Result<Decoded, WhoisError> {
 
 /// The whole answer, as lines for a person. Offline facts always; STS's and IAM's when
 /// the credentials allow, with the reason when they do not.
-pub async fn whois(clients: &Clients, id: &str) -> Result<String, WhoisError> {
+pub async fn whois(base: &AwsBase, settings: &Settings, id: &str) -> Result<String, WhoisError> {
     let decoded = decode(id)?;
+    let clients = &base.clients(None).await;
     let mut out = String::new();
     let kind = match decoded.kind {
         KeyKind::LongTerm => "long-term access key (AKIA) of an IAM user or the root user",
@@ -135,8 +156,8 @@ pub async fn whois(clients: &Clients, id: &str) -> Result<String, WhoisError> {
         return Ok(out);
     }
 
-    let own = match clients.sts.get_caller_identity().send().await {
-        Ok(identity) => identity.account.unwrap_or_default(),
+    let identity = match clients.sts.get_caller_identity().send().await {
+        Ok(identity) => identity,
         Err(err) => {
             let _ = writeln!(
                 out,
@@ -146,13 +167,25 @@ pub async fn whois(clients: &Clients, id: &str) -> Result<String, WhoisError> {
             return Ok(out);
         }
     };
-    if own != account {
+    let own = identity.account().unwrap_or_default();
+    let partition = identity
+        .arn()
+        .and_then(|arn| arn.split(':').nth(1))
+        .unwrap_or("aws");
+    let role_clients;
+    let clients = if own == account {
+        clients
+    } else if let Some(role) = role_for(settings, &account, partition) {
+        let _ = writeln!(out, "          read through role {}", role.arn);
+        role_clients = base.clients(Some(&role)).await;
+        &role_clients
+    } else {
         let _ = writeln!(
             out,
-            "user:     not in the inventory of account {own}, whose credentials the exporter uses"
+            "user:     not in the inventory of a watched account: {account} is neither the exporter's own ({own}) nor configured"
         );
         return Ok(out);
-    }
+    };
     let last_used = match clients
         .iam
         .get_access_key_last_used()
@@ -164,7 +197,7 @@ pub async fn whois(clients: &Clients, id: &str) -> Result<String, WhoisError> {
         Err(err) if matches!(err.code(), Some("NoSuchEntity" | "AccessDenied")) => {
             let _ = writeln!(
                 out,
-                "user:     no such key in account {own} ({})",
+                "user:     no such key in account {account} ({})",
                 code(&err)
             );
             return Ok(out);

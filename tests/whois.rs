@@ -109,3 +109,82 @@ fn temporary_credentials_are_told_apart() {
     );
     assert!(text.contains("role session, not an IAM user"), "{text}");
 }
+
+#[test]
+fn a_key_of_a_configured_member_account_is_read_through_its_role() {
+    let Some(moto) = Moto::start(&root().join("tests/peers/multi-account.json")) else {
+        return;
+    };
+    let member = &moto.seeded["accounts"][0];
+    let account = member["account_id"].as_str().unwrap();
+    let user = &member["users"][0];
+    let key = user["keys"][0]["access_key_id"].as_str().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("c.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[accounts]]\nrole_arn = \"{}\"\n",
+            member["role_arn"].as_str().unwrap()
+        ),
+    )
+    .unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_iam-key-exporter"))
+        .args([
+            "--log.level",
+            "error",
+            "--config.file",
+            config.to_str().unwrap(),
+            "whois",
+            key,
+        ])
+        .env_clear()
+        .env("AWS_ACCESS_KEY_ID", TEST_ACCESS_KEY)
+        .env("AWS_SECRET_ACCESS_KEY", TEST_SECRET)
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("AWS_CONFIG_FILE", "/dev/null")
+        .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
+        .env("IAM_KEY_EXPORTER_AWS__ENDPOINT_URL", &moto.endpoint)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let text = String::from_utf8(output.stdout).unwrap();
+    assert!(
+        text.contains(&format!("account:  {account} (decoded from the id)")),
+        "{text}"
+    );
+    assert!(text.contains("read through role arn:aws:iam::"), "{text}");
+    assert!(
+        text.contains(&format!("user:     {}\n", user["name"].as_str().unwrap())),
+        "{text}"
+    );
+    assert!(text.contains("status:   Active"), "{text}");
+
+    // Without the role configured, the account is not one the exporter watches.
+    std::fs::write(&config, "").unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_iam-key-exporter"))
+        .args([
+            "--log.level",
+            "error",
+            "--config.file",
+            config.to_str().unwrap(),
+            "whois",
+            key,
+        ])
+        .env_clear()
+        .env("AWS_ACCESS_KEY_ID", TEST_ACCESS_KEY)
+        .env("AWS_SECRET_ACCESS_KEY", TEST_SECRET)
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("AWS_CONFIG_FILE", "/dev/null")
+        .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
+        .env("IAM_KEY_EXPORTER_AWS__ENDPOINT_URL", &moto.endpoint)
+        .output()
+        .unwrap();
+    let text = String::from_utf8(output.stdout).unwrap();
+    assert!(
+        text.contains("not in the inventory of a watched account"),
+        "{text}"
+    );
+}

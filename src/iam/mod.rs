@@ -354,13 +354,6 @@ pub struct Clients {
     pub sts: aws_sdk_sts::Client,
 }
 
-impl Clients {
-    /// The clients of the exporter's own account.
-    pub async fn from_env(settings: &AwsSettings, metrics: Arc<ExporterMetrics>) -> Clients {
-        AwsBase::load(settings, metrics).await.clients(None).await
-    }
-}
-
 fn to_system_time(
     operation: &'static str,
     field: &'static str,
