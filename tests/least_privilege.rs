@@ -8,7 +8,6 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use common::*;
@@ -145,18 +144,7 @@ fn the_shipped_policies_are_enough_for_every_feature() {
 
 fn whois(moto: &Moto, key_id: &str) -> std::process::Output {
     let (key, secret) = credentials(moto);
-    Command::new(env!("CARGO_BIN_EXE_iam-key-exporter"))
-        .args(["--log.level", "error", "whois", key_id])
-        .env_clear()
-        .env("AWS_ACCESS_KEY_ID", key)
-        .env("AWS_SECRET_ACCESS_KEY", secret)
-        .env("AWS_REGION", "us-east-1")
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .env("AWS_CONFIG_FILE", "/dev/null")
-        .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
-        .env("IAM_KEY_EXPORTER_AWS__ENDPOINT_URL", &moto.endpoint)
-        .output()
-        .unwrap()
+    run_whois(&moto.endpoint, (&key, &secret), &[], key_id)
 }
 
 /// What removing one permission must show.

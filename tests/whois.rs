@@ -3,23 +3,10 @@
 
 mod common;
 
-use std::process::Command;
-
 use common::*;
 
 fn whois(endpoint: &str, key_id: &str) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_iam-key-exporter"))
-        .args(["--log.level", "error", "whois", key_id])
-        .env_clear()
-        .env("AWS_ACCESS_KEY_ID", TEST_ACCESS_KEY)
-        .env("AWS_SECRET_ACCESS_KEY", TEST_SECRET)
-        .env("AWS_REGION", "us-east-1")
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .env("AWS_CONFIG_FILE", "/dev/null")
-        .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
-        .env("IAM_KEY_EXPORTER_AWS__ENDPOINT_URL", endpoint)
-        .output()
-        .unwrap()
+    run_whois(endpoint, (TEST_ACCESS_KEY, TEST_SECRET), &[], key_id)
 }
 
 #[test]
@@ -129,25 +116,8 @@ fn a_key_of_a_configured_member_account_is_read_through_its_role() {
         ),
     )
     .unwrap();
-    let output = Command::new(env!("CARGO_BIN_EXE_iam-key-exporter"))
-        .args([
-            "--log.level",
-            "error",
-            "--config.file",
-            config.to_str().unwrap(),
-            "whois",
-            key,
-        ])
-        .env_clear()
-        .env("AWS_ACCESS_KEY_ID", TEST_ACCESS_KEY)
-        .env("AWS_SECRET_ACCESS_KEY", TEST_SECRET)
-        .env("AWS_REGION", "us-east-1")
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .env("AWS_CONFIG_FILE", "/dev/null")
-        .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
-        .env("IAM_KEY_EXPORTER_AWS__ENDPOINT_URL", &moto.endpoint)
-        .output()
-        .unwrap();
+    let args = ["--config.file", config.to_str().unwrap()];
+    let output = run_whois(&moto.endpoint, (TEST_ACCESS_KEY, TEST_SECRET), &args, key);
     assert!(output.status.success(), "{output:?}");
     let text = String::from_utf8(output.stdout).unwrap();
     assert!(
@@ -163,25 +133,8 @@ fn a_key_of_a_configured_member_account_is_read_through_its_role() {
 
     // Without the role configured, the account is not one the exporter watches.
     std::fs::write(&config, "").unwrap();
-    let output = Command::new(env!("CARGO_BIN_EXE_iam-key-exporter"))
-        .args([
-            "--log.level",
-            "error",
-            "--config.file",
-            config.to_str().unwrap(),
-            "whois",
-            key,
-        ])
-        .env_clear()
-        .env("AWS_ACCESS_KEY_ID", TEST_ACCESS_KEY)
-        .env("AWS_SECRET_ACCESS_KEY", TEST_SECRET)
-        .env("AWS_REGION", "us-east-1")
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .env("AWS_CONFIG_FILE", "/dev/null")
-        .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
-        .env("IAM_KEY_EXPORTER_AWS__ENDPOINT_URL", &moto.endpoint)
-        .output()
-        .unwrap();
+    let args = ["--config.file", config.to_str().unwrap()];
+    let output = run_whois(&moto.endpoint, (TEST_ACCESS_KEY, TEST_SECRET), &args, key);
     let text = String::from_utf8(output.stdout).unwrap();
     assert!(
         text.contains("not in the inventory of a watched account"),

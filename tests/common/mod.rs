@@ -662,3 +662,27 @@ impl Drop for FaultProxy {
         let _ = self.child.wait();
     }
 }
+
+/// Runs `iam-key-exporter [args] whois KEY_ID` against `endpoint`, signing with
+/// `credentials` (access key id, secret), and returns its output.
+pub fn run_whois(
+    endpoint: &str,
+    credentials: (&str, &str),
+    args: &[&str],
+    key_id: &str,
+) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_iam-key-exporter"))
+        .args(["--log.level", "error"])
+        .args(args)
+        .args(["whois", key_id])
+        .env_clear()
+        .env("AWS_ACCESS_KEY_ID", credentials.0)
+        .env("AWS_SECRET_ACCESS_KEY", credentials.1)
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("AWS_CONFIG_FILE", "/dev/null")
+        .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
+        .env("IAM_KEY_EXPORTER_AWS__ENDPOINT_URL", endpoint)
+        .output()
+        .unwrap()
+}
