@@ -1,6 +1,7 @@
 //! iam-key-exporter: serves the hygiene of AWS IAM access keys as Prometheus metrics,
 //! from an inventory refreshed in the background. See ARCHITECTURE.md for the map.
 
+pub mod basic_auth;
 pub mod cli;
 pub mod config;
 pub mod credential_report;
@@ -14,6 +15,7 @@ pub mod notify;
 pub mod refresh;
 pub mod snapshot;
 pub mod source;
+pub mod web_config;
 pub mod whois;
 
 use std::future::Future;
