@@ -3,6 +3,8 @@
 #   - moto (pinned in tests/peers/requirements.txt), in a virtualenv under target/peers/venv
 #   - Prometheus and promtool, Alertmanager and systemd-analyze, from Debian's packages
 #     prometheus, prometheus-alertmanager and systemd (their services kept from starting)
+#   - curl and openssl, the TLS clients and certificate maker of tests/web.rs
+# wrk is no test peer: scripts/bench.sh and scripts/loadtest.sh install it themselves.
 # Safe to run again: what is already installed is left alone.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,6 +17,8 @@ packages=""
 command -v promtool >/dev/null 2>&1 || packages="$packages prometheus"
 command -v prometheus-alertmanager >/dev/null 2>&1 || packages="$packages prometheus-alertmanager"
 command -v systemd-analyze >/dev/null 2>&1 || packages="$packages systemd"
+command -v curl >/dev/null 2>&1 || packages="$packages curl"
+command -v openssl >/dev/null 2>&1 || packages="$packages openssl"
 if [ -n "$packages" ]; then
     if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null 2>&1; then
         echo "missing test peers: install Debian's$packages (as root)" >&2
@@ -33,4 +37,4 @@ if [ -n "$packages" ]; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $packages >/dev/null
     if [ "$created_policy" = yes ]; then rm -f /usr/sbin/policy-rc.d; fi
 fi
-echo "test peers ready: $("$venv/bin/python" -c 'import moto; print("moto", moto.__version__)'), $(promtool --version 2>&1 | head -1), $(prometheus-alertmanager --version 2>&1 | head -1), $(systemd-analyze --version | head -1)"
+echo "test peers ready: $("$venv/bin/python" -c 'import moto; print("moto", moto.__version__)'), $(promtool --version 2>&1 | head -1), $(prometheus-alertmanager --version 2>&1 | head -1), $(systemd-analyze --version | head -1), $(curl --version | head -1 | cut -d' ' -f1-2), $(openssl version | cut -d' ' -f1-2)"

@@ -39,6 +39,11 @@ pub struct Cli {
     #[arg(long = "web.telemetry-path", value_name = "PATH")]
     pub telemetry_path: Option<String>,
 
+    /// Web configuration file for TLS and basic auth, in the Prometheus exporters' format
+    /// (see config/web-config.yml).
+    #[arg(long = "web.config.file", value_name = "PATH")]
+    pub web_config_file: Option<String>,
+
     /// error, warn, info, debug or trace [default: info].
     #[arg(long = "log.level", value_name = "LEVEL")]
     pub log_level: Option<String>,
@@ -73,6 +78,7 @@ impl Cli {
         [
             ("web.listen_address", &self.listen_address),
             ("web.telemetry_path", &self.telemetry_path),
+            ("web.config_file", &self.web_config_file),
             ("log.level", &self.log_level),
             ("log.format", &self.log_format),
             ("shard.total", &self.shard_total),

@@ -148,6 +148,14 @@ pub struct WebSettings {
     pub header_read_timeout: Duration,
     /// Connections served at once; more wait in the listen backlog until one closes.
     pub max_connections: usize,
+    /// From the first byte of a request until its response is written; a connection that
+    /// takes longer is dropped.
+    #[serde(deserialize_with = "duration")]
+    pub request_timeout: Duration,
+    /// exporter-toolkit's web configuration (TLS, basic auth); relative to the
+    /// configuration file.
+    #[serde(default)]
+    pub config_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -394,12 +402,20 @@ fn load_with_env(
             }
         })?;
     // Like Prometheus, a relative path in the configuration file is relative to that file.
-    if let (Some(config_file), Some(report)) = (file, settings.source.file.as_mut()) {
-        let set_elsewhere = overrides.iter().any(|(k, _)| *k == "source.file")
-            || env_keys.contains_key("source.file");
-        if report.is_relative() && !set_elsewhere {
-            let dir = config_file.parent().unwrap_or(Path::new(""));
-            *report = dir.join(&*report);
+    if let Some(config_file) = file {
+        let dir = config_file.parent().unwrap_or(Path::new(""));
+        for (key, path) in [
+            ("source.file", settings.source.file.as_mut()),
+            ("web.config_file", settings.web.config_file.as_mut()),
+        ] {
+            let set_elsewhere =
+                overrides.iter().any(|(k, _)| *k == key) || env_keys.contains_key(key);
+            if let Some(path) = path
+                && path.is_relative()
+                && !set_elsewhere
+            {
+                *path = dir.join(&*path);
+            }
         }
     }
     settings.validate().map_err(|invalid| {
@@ -495,6 +511,7 @@ impl Settings {
             web.max_connections,
             "must be between 1 and 65536",
         )?;
+        check_duration("web.request_timeout", web.request_timeout)?;
 
         if let Some(url) = &self.aws.endpoint_url {
             let parsed = url.parse::<hyper::Uri>().ok();
@@ -914,6 +931,23 @@ mod tests {
         .unwrap();
         let s = load_with_env(Some(&config), &[], no_env()).unwrap();
         assert_eq!(s.source.file, Some(dir.path().join("reports/r.csv")));
+    }
+
+    #[test]
+    fn a_relative_web_config_file_is_relative_to_the_configuration_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("c.toml");
+        std::fs::write(&config, "[web]\nconfig_file = \"web.yml\"\n").unwrap();
+        let s = load_with_env(Some(&config), &[], no_env()).unwrap();
+        assert_eq!(s.web.config_file, Some(dir.path().join("web.yml")));
+        // A flag is relative to the working directory, as any path typed on a command line.
+        let s = load_with_env(
+            Some(&config),
+            &[("web.config_file", "flag.yml".to_string())],
+            no_env(),
+        )
+        .unwrap();
+        assert_eq!(s.web.config_file, Some(PathBuf::from("flag.yml")));
     }
 
     #[test]

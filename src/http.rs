@@ -1,10 +1,13 @@
 //! The HTTP seam: `/metrics`, the landing page and the health endpoints, served by hyper
-//! with one task per connection. Handlers only read published state; none calls AWS.
+//! with one task per connection, over TLS and behind basic auth when the web configuration
+//! says so. Handlers only read published state; none calls AWS.
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -16,11 +19,14 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::Sleep;
 
 use crate::config::{ListenAddress, WebSettings};
 use crate::refresh::Shared;
+use crate::web_config::{WatchedWebConfig, WebConfig};
 
 /// Every response body: one or two shared buffers, written without being joined.
 type Body = Full<Chain<Bytes, Bytes>>;
@@ -69,10 +75,12 @@ pub async fn bind(address: &ListenAddress) -> Result<TcpListener, HttpError> {
 pub async fn serve(
     listener: TcpListener,
     web: WebSettings,
+    web_config: WatchedWebConfig,
     shared: Arc<Shared>,
     shutdown: impl Future<Output = ()>,
 ) {
     let web = Arc::new(web);
+    let web_config = Arc::new(web_config);
     let graceful = GracefulShutdown::new();
     let mut builder = http1::Builder::new();
     builder
@@ -99,17 +107,16 @@ pub async fn serve(
             },
             () = &mut shutdown => break,
         };
-        let (web, shared) = (web.clone(), shared.clone());
-        let service = service_fn(move |req| {
-            let response = handle(&req, &web, &shared);
-            async move { Ok::<_, Infallible>(response) }
-        });
-        let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
+        let connection = Connection {
+            web: web.clone(),
+            shared: shared.clone(),
+            web_config: web_config.clone(),
+            builder: builder.clone(),
+            watcher: graceful.watcher(),
+        };
         tokio::spawn(async move {
             let _permit = permit;
-            if let Err(err) = connection.await {
-                tracing::debug!(%peer, error = %err, "connection ended with an error");
-            }
+            connection.run(stream, peer).await;
         });
     }
     drop(listener);
@@ -119,6 +126,82 @@ pub async fn serve(
     {
         tracing::warn!("connections still open after the shutdown grace period; closing them");
     }
+}
+
+/// One accepted connection and what its task needs.
+struct Connection {
+    web: Arc<WebSettings>,
+    shared: Arc<Shared>,
+    web_config: Arc<WatchedWebConfig>,
+    builder: http1::Builder,
+    watcher: Watcher,
+}
+
+impl Connection {
+    /// TLS as configured when the connection arrives; a changed certificate or client CA
+    /// applies to the next connection.
+    async fn run(self, stream: TcpStream, peer: SocketAddr) {
+        let Some(acceptor) = self.web_config.current().tls.clone() else {
+            return self.serve(stream, peer).await;
+        };
+        // The handshake gets the header-read timeout: a client that stalls it must not hold
+        // a connection slot.
+        match tokio::time::timeout(self.web.header_read_timeout, acceptor.accept(stream)).await {
+            Ok(Ok(stream)) => self.serve(stream, peer).await,
+            // At debug: scanners and misconfigured clients would fill the log otherwise.
+            Ok(Err(err)) => tracing::debug!(%peer, error = %err, "TLS handshake failed"),
+            Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+        }
+    }
+
+    async fn serve<S>(self, stream: S, peer: SocketAddr)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let Connection {
+            web,
+            shared,
+            web_config,
+            builder,
+            watcher,
+        } = self;
+        let io = TokioIo::new(Deadline::new(stream, web.request_timeout));
+        let service = service_fn(move |req| {
+            // Per request, not per connection: a changed password applies to connections
+            // that scrapers keep alive, too.
+            let config = web_config.current();
+            let (web, shared) = (web.clone(), shared.clone());
+            async move { Ok::<_, Infallible>(respond(req, &web, &shared, &config).await) }
+        });
+        if let Err(err) = watcher.watch(builder.serve_connection(io, service)).await {
+            tracing::debug!(%peer, error = %err, "connection ended with an error");
+        }
+    }
+}
+
+/// Every path, the health endpoints included, needs the credentials when basic auth is
+/// configured, as in exporter-toolkit: the simplest rule, and nothing is served openly by
+/// mistake.
+async fn respond(
+    req: Request<Incoming>,
+    web: &WebSettings,
+    shared: &Shared,
+    config: &WebConfig,
+) -> Response<Body> {
+    let mut response = match &config.basic_auth {
+        Some(auth) if !auth.allows(req.headers().get(header::AUTHORIZATION)).await => {
+            let mut response = plain(StatusCode::UNAUTHORIZED, "Unauthorized\n");
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic"));
+            response
+        }
+        _ => handle(&req, web, shared),
+    };
+    for (name, value) in &config.headers {
+        response.headers_mut().insert(name.clone(), value.clone());
+    }
+    response
 }
 
 fn handle(req: &Request<Incoming>, web: &WebSettings, shared: &Shared) -> Response<Body> {
@@ -244,9 +327,181 @@ fn escape_html(text: &str) -> String {
     out
 }
 
+/// A connection's stream under the request timeout, which runs from the first byte of a
+/// request (or of its response, for a pipelined request) until the response is flushed
+/// to the socket. Past it every read and write fails and hyper drops the connection, so a
+/// client that reads slowly, or not at all, cannot hold it for ever. The flush marks the
+/// end because hyper hands all of its buffered response to the stream before it flushes.
+/// An idle keep-alive connection is not timed here: the header-read timeout covers it.
+struct Deadline<S> {
+    stream: S,
+    timeout: Duration,
+    sleep: Pin<Box<Sleep>>,
+    /// A request is being read or answered, and `sleep` ends its time.
+    armed: bool,
+    /// Bytes of the response were written since the timer was armed.
+    wrote: bool,
+}
+
+impl<S> Deadline<S> {
+    fn new(stream: S, timeout: Duration) -> Deadline<S> {
+        Deadline {
+            stream,
+            timeout,
+            sleep: Box::pin(tokio::time::sleep(timeout)),
+            armed: false,
+            wrote: false,
+        }
+    }
+
+    fn arm(&mut self) {
+        if !self.armed {
+            self.armed = true;
+            self.sleep
+                .as_mut()
+                .reset(tokio::time::Instant::now() + self.timeout);
+        }
+    }
+
+    /// An error once the time is up. Polling the timer also wakes the task when it ends,
+    /// so a write blocked on a client that never reads fails then.
+    fn check(&mut self, cx: &mut Context<'_>) -> std::io::Result<()> {
+        if self.armed && self.sleep.as_mut().poll(cx).is_ready() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "request timeout: the response was not written in time",
+            ));
+        }
+        Ok(())
+    }
+
+    fn wrote(&mut self, result: &Poll<std::io::Result<usize>>) {
+        if matches!(result, Poll::Ready(Ok(n)) if *n > 0) {
+            self.wrote = true;
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Deadline<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = &mut *self;
+        this.check(cx)?;
+        let before = buf.filled().len();
+        let result = Pin::new(&mut this.stream).poll_read(cx, buf);
+        if matches!(result, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            this.arm();
+        }
+        result
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Deadline<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = &mut *self;
+        this.check(cx)?;
+        this.arm();
+        let result = Pin::new(&mut this.stream).poll_write(cx, buf);
+        this.wrote(&result);
+        result
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = &mut *self;
+        this.check(cx)?;
+        this.arm();
+        let result = Pin::new(&mut this.stream).poll_write_vectored(cx, bufs);
+        this.wrote(&result);
+        result
+    }
+
+    /// Passed on: hyper writes a response as a list of shared buffers, and without
+    /// vectored writes it would copy each response into one.
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let this = &mut *self;
+        this.check(cx)?;
+        let result = Pin::new(&mut this.stream).poll_flush(cx);
+        if matches!(result, Poll::Ready(Ok(()))) && this.wrote {
+            this.armed = false;
+            this.wrote = false;
+        }
+        result
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    const TIMEOUT: Duration = Duration::from_secs(30);
+
+    /// A client that sends a request and then reads nothing: the response fills the pipe,
+    /// and the write fails once the request timeout has passed since the request came.
+    #[tokio::test(start_paused = true)]
+    async fn a_response_not_taken_in_time_fails_the_connection() {
+        let (mut client, server) = tokio::io::duplex(1024);
+        let mut server = Deadline::new(server, TIMEOUT);
+        client.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+        let mut request = [0; 64];
+        assert!(server.read(&mut request).await.unwrap() > 0);
+        let start = tokio::time::Instant::now();
+        // The paused clock moves on by itself while everything waits.
+        let err = server.write_all(&[b'x'; 64 * 1024]).await.unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::TimedOut);
+        assert_eq!(start.elapsed(), TIMEOUT);
+    }
+
+    /// After a response is flushed in time, the connection may stay idle past the timeout
+    /// and serve the next request.
+    #[tokio::test(start_paused = true)]
+    async fn a_flushed_response_stops_the_clock() {
+        let (mut client, server) = tokio::io::duplex(1024);
+        let mut server = Deadline::new(server, TIMEOUT);
+        let mut buf = [0; 64];
+        for _ in 0..2 {
+            client.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+            assert!(server.read(&mut buf).await.unwrap() > 0);
+            server.write_all(b"HTTP/1.1 200 OK\r\n\r\n").await.unwrap();
+            server.flush().await.unwrap();
+            assert!(client.read(&mut buf).await.unwrap() > 0);
+            tokio::time::advance(TIMEOUT * 2).await;
+        }
+    }
+
+    /// Without the flush, the same idle time is over the timeout: what the test above
+    /// shows is the flush's doing.
+    #[tokio::test(start_paused = true)]
+    async fn an_unflushed_response_keeps_the_clock_running() {
+        let (mut client, server) = tokio::io::duplex(1024);
+        let mut server = Deadline::new(server, TIMEOUT);
+        let mut buf = [0; 64];
+        client.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+        assert!(server.read(&mut buf).await.unwrap() > 0);
+        server.write_all(b"HTTP/1.1 200 OK\r\n\r\n").await.unwrap();
+        tokio::time::advance(TIMEOUT * 2).await;
+        let err = server.flush().await.unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::TimedOut);
+    }
 
     #[test]
     fn html_is_escaped() {

@@ -2,6 +2,7 @@
 //! from an inventory refreshed in the background. See ARCHITECTURE.md for the map.
 
 pub mod accounts;
+pub mod basic_auth;
 pub mod cli;
 pub mod config;
 pub mod credential_report;
@@ -17,6 +18,7 @@ pub mod notify;
 pub mod refresh;
 pub mod snapshot;
 pub mod source;
+pub mod web_config;
 pub mod whois;
 
 use std::future::Future;
@@ -34,10 +36,16 @@ use crate::refresh::Shared;
 const OWN_METRICS_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Runs the exporter on `listener` until `shutdown` resolves: the refreshers start at
-/// once, the HTTP server answers from whatever they last published. On shutdown the
-/// refreshers stop (a refresh in flight is dropped; nothing half-built was published)
-/// and in-flight requests get a short grace period.
-pub async fn run(settings: Settings, listener: TcpListener, shutdown: impl Future<Output = ()>) {
+/// once, the HTTP server answers from whatever they last published, with the TLS and
+/// authentication of `web_config`. On shutdown the refreshers stop (a refresh in flight
+/// is dropped; nothing half-built was published) and in-flight requests get a short
+/// grace period.
+pub async fn run(
+    settings: Settings,
+    listener: TcpListener,
+    web_config: web_config::WatchedWebConfig,
+    shutdown: impl Future<Output = ()>,
+) {
     let metrics = Arc::new(ExporterMetrics::new());
     let shared = Arc::new(Shared::new(metrics.clone()));
     let fleet = Arc::new(Fleet::new(&settings, metrics).await);
@@ -102,7 +110,7 @@ pub async fn run(settings: Settings, listener: TcpListener, shutdown: impl Futur
         stopping.notify("STOPPING=1");
     };
 
-    http::serve(listener, settings.web, shared, shutdown).await;
+    http::serve(listener, settings.web, web_config, shared, shutdown).await;
     refreshers.shutdown().await;
 }
 

@@ -8,6 +8,7 @@ use anyhow::Context;
 use clap::Parser;
 use iam_key_exporter::cli::{Cli, Command};
 use iam_key_exporter::config::{self, LogFormat, LogLevel, Settings};
+use iam_key_exporter::web_config::WatchedWebConfig;
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::level_filters::LevelFilter;
 use tracing_subscriber::layer::SubscriberExt;
@@ -26,6 +27,14 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_BAD_CONFIG);
         }
     };
+    // Read in every mode, like the rest of the configuration: a bad file is refused at once.
+    let web_config = match WatchedWebConfig::open(settings.web.config_file.as_deref()) {
+        Ok(web_config) => web_config,
+        Err(err) => {
+            eprintln!("iam-key-exporter: {err}");
+            return ExitCode::from(EXIT_BAD_CONFIG);
+        }
+    };
     if cli.check_config {
         println!("configuration is valid:\n{settings:#?}");
         return ExitCode::SUCCESS;
@@ -37,7 +46,7 @@ fn main() -> ExitCode {
     if cli.once {
         return once(settings, cli.once_file.as_deref());
     }
-    match serve(settings) {
+    match serve(settings, web_config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             tracing::error!("{err:#}");
@@ -93,7 +102,7 @@ async fn once(settings: Settings, file: Option<&std::path::Path>) -> ExitCode {
 }
 
 #[tokio::main]
-async fn serve(settings: Settings) -> anyhow::Result<()> {
+async fn serve(settings: Settings, web_config: WatchedWebConfig) -> anyhow::Result<()> {
     let address = config::parse_listen_address(&settings.web.listen_address)
         .context("listen address was validated")?;
     let listener = iam_key_exporter::http::bind(&address).await?;
@@ -110,7 +119,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
             _ = interrupt.recv() => tracing::info!("SIGINT received; shutting down"),
         }
     };
-    iam_key_exporter::run(settings, listener, shutdown).await;
+    iam_key_exporter::run(settings, listener, web_config, shutdown).await;
     tracing::info!("stopped");
     Ok(())
 }
