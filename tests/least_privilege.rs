@@ -179,7 +179,7 @@ fn without(action: &str, operation: &str, source: &str, expect: Expect) {
             .map(str::to_string)
     };
     let line = wait_for(&format!("a log line about {operation}"), LIMIT, denied_line);
-    let m = wait_for("the metric", LIMIT, || {
+    let m = wait_for("the metric showing it", LIMIT, || {
         let m = exporter.metrics();
         let shown = match expect {
             Expect::RefreshFails => {
@@ -194,9 +194,13 @@ fn without(action: &str, operation: &str, source: &str, expect: Expect) {
                         ) == Some(0.0)
                     })
             }
-            Expect::Degrades(feature) => [MAIN, DATA, LEGACY]
-                .iter()
-                .all(|a| degraded(&m, a, feature) == Some(1.0)),
+            // Degraded everywhere, and a whole round finished since: the rest works.
+            Expect::Degrades(feature) => {
+                [MAIN, DATA, LEGACY]
+                    .iter()
+                    .all(|a| degraded(&m, a, feature) == Some(1.0))
+                    && m.value("iam_key_exporter_refresh_success", &[]) == 1.0
+            }
             Expect::MembersFail => {
                 m.get(
                     "iam_key_exporter_account_refresh_success",

@@ -552,6 +552,14 @@ class DataServer(ThreadingHTTPServer):
         with self.conns_lock:
             self.conns.discard(sock)
 
+    def handle_error(self, request, client_address) -> None:
+        # A client closing a kept-alive connection with a reset (the SDK's pool does) is
+        # no error of the proxy's; anything else is still printed.
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            log.debug("connection from %s reset", client_address)
+            return
+        super().handle_error(request, client_address)
+
     def close_all(self) -> None:
         with self.conns_lock:
             self.closing = True
