@@ -23,6 +23,13 @@ pub enum Feature {
 }
 
 impl Feature {
+    pub const ALL: [Feature; 4] = [
+        Feature::RootKeys,
+        Feature::CredentialReport,
+        Feature::Tags,
+        Feature::ServiceAccess,
+    ];
+
     pub fn name(self) -> &'static str {
         match self {
             Feature::RootKeys => "root_keys",

@@ -11,6 +11,7 @@ use tokio::time::Instant;
 
 use crate::accounts::{self, Target};
 use crate::config::{Settings, SourceKind};
+use crate::features::Feature;
 use crate::iam::{self, AwsBase, CallerIdentity, Clients, IamError};
 use crate::inventory::unix_seconds;
 use crate::metrics::ExporterMetrics;
@@ -65,6 +66,12 @@ impl Account {
     fn forget_health(&self, metrics: &ExporterMetrics) {
         if let Some(old) = self.labels.lock().expect("not poisoned").take() {
             remove_health_series(metrics, &old);
+        }
+        let id = self.id();
+        for feature in Feature::ALL {
+            let _ = metrics
+                .account_feature_degraded
+                .remove_label_values(&[&id, feature.name()]);
         }
     }
 }

@@ -316,3 +316,63 @@ fn one_account_of_several_failing_keeps_its_data_and_hides_no_other() {
     });
     assert_eq!(keys_by_account(&exporter.metrics()), all);
 }
+
+#[test]
+fn an_account_that_leaves_the_organization_stops_being_exported() {
+    let Some(moto) = Moto::start(&scenario()) else {
+        return;
+    };
+    let toml = DISCOVERY.replace("enabled = true", "enabled = true\ninterval = \"1s\"");
+    let (exporter, _dir) = start(&moto.endpoint, &toml, &[]);
+    exporter.wait_ready();
+    wait_for("every active account", LIMIT, || {
+        (keys_by_account(&exporter.metrics()) == seeded_keys(&moto, &[MAIN, DATA, LEGACY]))
+            .then_some(())
+    });
+
+    let organizations = organizations_client(&moto.endpoint);
+    tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(
+            organizations
+                .remove_account_from_organization()
+                .account_id(DATA)
+                .send(),
+        )
+        .expect("RemoveAccountFromOrganization");
+
+    let m = wait_for("the account gone", LIMIT, || {
+        let m = exporter.metrics();
+        (keys_by_account(&m) == seeded_keys(&moto, &[MAIN, LEGACY])).then_some(m)
+    });
+    assert_eq!(m.value("iam_key_exporter_accounts", &[]), 2.0);
+    assert_eq!(m.count_with("aws_iam_account_info", "account_id", DATA), 0);
+    assert!(
+        !m.0.keys()
+            .any(|k| k.starts_with("iam_key_exporter_account_") && k.contains(DATA)),
+        "its health series go too"
+    );
+}
+
+fn organizations_client(endpoint: &str) -> aws_sdk_organizations::Client {
+    let config = aws_sdk_organizations::Config::builder()
+        .behavior_version(aws_sdk_organizations::config::BehaviorVersion::latest())
+        .region(aws_sdk_organizations::config::Region::new("us-east-1"))
+        .endpoint_url(endpoint)
+        .credentials_provider(aws_sdk_organizations::config::Credentials::new(
+            TEST_ACCESS_KEY,
+            TEST_SECRET,
+            None,
+            None,
+            "test",
+        ))
+        .http_client(
+            aws_smithy_http_client::Builder::new()
+                .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
+                    aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,
+                ))
+                .build_https(),
+        )
+        .build();
+    aws_sdk_organizations::Client::from_conf(config)
+}
