@@ -330,7 +330,7 @@ fn an_account_that_leaves_the_organization_stops_being_exported() {
             .then_some(())
     });
 
-    let organizations = organizations_client(&moto.endpoint);
+    let organizations = moto.organizations_client();
     tokio::runtime::Runtime::new()
         .unwrap()
         .block_on(
@@ -352,27 +352,4 @@ fn an_account_that_leaves_the_organization_stops_being_exported() {
             .any(|k| k.starts_with("iam_key_exporter_account_") && k.contains(DATA)),
         "its health series go too"
     );
-}
-
-fn organizations_client(endpoint: &str) -> aws_sdk_organizations::Client {
-    let config = aws_sdk_organizations::Config::builder()
-        .behavior_version(aws_sdk_organizations::config::BehaviorVersion::latest())
-        .region(aws_sdk_organizations::config::Region::new("us-east-1"))
-        .endpoint_url(endpoint)
-        .credentials_provider(aws_sdk_organizations::config::Credentials::new(
-            TEST_ACCESS_KEY,
-            TEST_SECRET,
-            None,
-            None,
-            "test",
-        ))
-        .http_client(
-            aws_smithy_http_client::Builder::new()
-                .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
-                    aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,
-                ))
-                .build_https(),
-        )
-        .build();
-    aws_sdk_organizations::Client::from_conf(config)
 }

@@ -108,17 +108,29 @@ impl Moto {
 
     /// An IAM client for changing the scenario while the exporter runs.
     pub fn iam_client(&self) -> aws_sdk_iam::Client {
-        let config = aws_sdk_iam::Config::builder()
-            .behavior_version(aws_sdk_iam::config::BehaviorVersion::latest())
-            .region(aws_sdk_iam::config::Region::new("us-east-1"))
+        aws_sdk_iam::Client::new(&self.sdk_config())
+    }
+
+    /// An Organizations client of the scenario's management account.
+    pub fn organizations_client(&self) -> aws_sdk_organizations::Client {
+        aws_sdk_organizations::Client::new(&self.sdk_config())
+    }
+
+    fn sdk_config(&self) -> aws_config::SdkConfig {
+        let credentials = aws_credential_types::Credentials::new(
+            TEST_ACCESS_KEY,
+            TEST_SECRET,
+            None,
+            None,
+            "test",
+        );
+        aws_config::SdkConfig::builder()
+            .behavior_version(aws_config::BehaviorVersion::latest())
+            .region(aws_config::Region::new("us-east-1"))
             .endpoint_url(&self.endpoint)
-            .credentials_provider(aws_sdk_iam::config::Credentials::new(
-                TEST_ACCESS_KEY,
-                TEST_SECRET,
-                None,
-                None,
-                "test",
-            ))
+            .credentials_provider(
+                aws_credential_types::provider::SharedCredentialsProvider::new(credentials),
+            )
             .http_client(
                 aws_smithy_http_client::Builder::new()
                     .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
@@ -126,8 +138,7 @@ impl Moto {
                     ))
                     .build_https(),
             )
-            .build();
-        aws_sdk_iam::Client::from_conf(config)
+            .build()
     }
 }
 
