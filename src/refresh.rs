@@ -385,6 +385,8 @@ async fn refresh_account(
         .account_refresh_duration_seconds
         .with_label_values(&labels)
         .set(duration.as_secs_f64());
+    // Taking the series creates it at 0: an account that never succeeded shows up in
+    // `time() - ...` alerts from its first failure on.
     let last_success = metrics
         .account_last_refresh_success_timestamp_seconds
         .with_label_values(&labels);
@@ -417,10 +419,6 @@ async fn refresh_account(
                 .with_label_values(&labels)
                 .set(0);
             metrics.refresh_failures_total.inc();
-            if last_success.get() == 0.0 {
-                // Present from the first failure on, so `time() - ...` alerts see it.
-                last_success.set(0.0);
-            }
             Err((labels[0].to_string(), error))
         }
     }
