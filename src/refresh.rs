@@ -441,8 +441,6 @@ async fn read_new_users_tags(
     }
     let key = &account.target.key;
     let known = shared.tagged_users(key).await;
-    // An account published for the first time has no entry yet: the tags are stored with
-    // its inventory below, by `publish_inventory`'s caller, in one snapshot.
     let users: Vec<(String, String)> = inventory
         .users
         .iter()
@@ -452,6 +450,8 @@ async fn read_new_users_tags(
     if users.is_empty() {
         return;
     }
+    // An account not yet published has no entry to hold tags: make one, so the tags read
+    // now go out with the account's first inventory, in one snapshot.
     shared.ensure_account(key).await;
     read_tags(account, clients, users, settings, shared).await;
 }
