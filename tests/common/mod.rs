@@ -59,6 +59,28 @@ pub fn wait_for<T>(what: &str, limit: Duration, mut check: impl FnMut() -> Optio
     }
 }
 
+/// Starts the Python peer `tests/peers/SCRIPT` in the moto venv and reads the one JSON
+/// line it prints once it listens. Its stdin is returned to be held open: the peers exit
+/// when it closes, so they die with the test.
+fn spawn_peer(script: &str, args: &[&str]) -> (Child, ChildStdin, serde_json::Value) {
+    let mut child = Command::new(moto_python())
+        .arg(root().join("tests/peers").join(script))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap_or_else(|e| panic!("start {script}: {e}"));
+    let stdin = child.stdin.take().unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap_or_else(|e| panic!("read {script}'s first line: {e}"));
+    let said =
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("{script} said {line:?}: {e}"));
+    (child, stdin, said)
+}
+
 /// The moto IAM server of tests/peers/moto_server.py, seeded with a scenario.
 pub struct Moto {
     child: Child,
@@ -75,23 +97,11 @@ impl Moto {
         if !require_peer("moto", &python) {
             return None;
         }
-        let mut child = Command::new(python)
-            .arg(root().join("tests/peers/moto_server.py"))
-            .arg("--scenario")
-            .arg(scenario)
-            .args(["--host", "127.0.0.1", "--port", "0"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start moto_server.py");
-        let stdin = child.stdin.take().unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .expect("read moto's seed report");
-        let seeded: serde_json::Value =
-            serde_json::from_str(&line).unwrap_or_else(|e| panic!("moto said {line:?}: {e}"));
+        let scenario = scenario.to_str().expect("a UTF-8 path");
+        let (child, stdin, seeded) = spawn_peer(
+            "moto_server.py",
+            &["--scenario", scenario, "--host", "127.0.0.1", "--port", "0"],
+        );
         let endpoint = seeded["endpoint"].as_str().unwrap().to_string();
         Some(Moto {
             child,
@@ -612,21 +622,10 @@ pub struct FaultProxy {
 
 impl FaultProxy {
     pub fn start(upstream: &str, default_account: &str) -> FaultProxy {
-        let mut child = Command::new(moto_python())
-            .arg(root().join("tests/peers/fault_proxy.py"))
-            .args(["--upstream", upstream, "--default-account", default_account])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start fault_proxy.py");
-        let stdin = child.stdin.take().unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .expect("read the proxy's addresses");
-        let said: serde_json::Value =
-            serde_json::from_str(&line).unwrap_or_else(|e| panic!("proxy said {line:?}: {e}"));
+        let (child, stdin, said) = spawn_peer(
+            "fault_proxy.py",
+            &["--upstream", upstream, "--default-account", default_account],
+        );
         FaultProxy {
             child,
             _stdin: stdin,
