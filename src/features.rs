@@ -81,6 +81,24 @@ impl Degraded {
         }
     }
 
+    /// Records a pass of many calls of one feature (a user each): off when any call was
+    /// denied, on again when none was and at least one succeeded. A pass of nothing but
+    /// other failures says nothing about permissions and changes nothing.
+    pub fn observe_pass(
+        &self,
+        metrics: &ExporterMetrics,
+        account_id: &str,
+        feature: Feature,
+        denied: Option<&IamError>,
+        any_succeeded: bool,
+    ) {
+        match denied {
+            Some(err) => self.denied(metrics, account_id, feature, err),
+            None if any_succeeded => self.working(metrics, account_id, feature),
+            None => {}
+        }
+    }
+
     pub fn denied(
         &self,
         metrics: &ExporterMetrics,

@@ -490,11 +490,13 @@ async fn read_tags(
             Err(err) => other_error = Some(err),
         }
     }
-    match denied {
-        Some(err) => degraded.denied(metrics, &account_id, Feature::Tags, &err),
-        None if succeeded => degraded.working(metrics, &account_id, Feature::Tags),
-        None => {}
-    }
+    degraded.observe_pass(
+        metrics,
+        &account_id,
+        Feature::Tags,
+        denied.as_ref(),
+        succeeded,
+    );
     if let Some(err) = other_error {
         tracing::warn!(account_id, error = %err, "some users' tags could not be read; their previous tags stay");
     }
@@ -610,11 +612,13 @@ async fn account_service_access(
             }
         }
     }
-    match denied {
-        Some(err) => degraded.denied(metrics, &account_id, Feature::ServiceAccess, &err),
-        None if completed => degraded.working(metrics, &account_id, Feature::ServiceAccess),
-        None => {}
-    }
+    degraded.observe_pass(
+        metrics,
+        &account_id,
+        Feature::ServiceAccess,
+        denied.as_ref(),
+        completed,
+    );
     // One line per pass, not one per user: a missing permission would otherwise log
     // thousands of identical lines.
     if let Some(err) = first_error {
