@@ -82,14 +82,8 @@ pub fn discovered(
         .iter()
         .filter(|account| account.active && included(&account.id))
         .map(|account| {
-            let role = (account.id != caller.account_id).then(|| AssumeRole {
-                arn: format!(
-                    "arn:{}:iam::{}:role/{}",
-                    caller.partition, account.id, settings.role_name
-                ),
-                external_id: settings.external_id.clone(),
-                session_name: settings.session_name.clone(),
-            });
+            let role = (account.id != caller.account_id)
+                .then(|| discovery_role(settings, &caller.partition, &account.id));
             Target {
                 key: account.id.clone(),
                 account_id: Some(account.id.clone()),
@@ -98,6 +92,20 @@ pub fn discovered(
             }
         })
         .collect()
+}
+
+/// The role discovery assumes in `account`: `organizations.role_name`, in the caller's
+/// partition, with discovery's external id and session name.
+pub fn discovery_role(
+    settings: &OrganizationsSettings,
+    partition: &str,
+    account: &str,
+) -> AssumeRole {
+    AssumeRole {
+        arn: format!("arn:{partition}:iam::{account}:role/{}", settings.role_name),
+        external_id: settings.external_id.clone(),
+        session_name: settings.session_name.clone(),
+    }
 }
 
 /// Configured accounts first, then discovered ones not configured already: an account's

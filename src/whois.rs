@@ -10,7 +10,7 @@ use aws_sdk_iam::error::ProvideErrorMetadata;
 
 use crate::accounts;
 use crate::config::Settings;
-use crate::iam::{AssumeRole, AwsBase};
+use crate::iam::{self, AssumeRole, AwsBase, CallerIdentity};
 use crate::inventory::elapsed;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,11 +55,8 @@ fn role_for(settings: &Settings, account: &str, partition: &str) -> Option<Assum
         .and_then(|t| t.role);
     let orgs = &settings.organizations;
     configured.or_else(|| {
-        orgs.enabled.then(|| AssumeRole {
-            arn: format!("arn:{partition}:iam::{account}:role/{}", orgs.role_name),
-            external_id: orgs.external_id.clone(),
-            session_name: orgs.session_name.clone(),
-        })
+        orgs.enabled
+            .then(|| accounts::discovery_role(orgs, partition, account))
     })
 }
 
@@ -156,26 +153,24 @@ pub async fn whois(base: &AwsBase, settings: &Settings, id: &str) -> Result<Stri
         return Ok(out);
     }
 
-    let identity = match clients.sts.get_caller_identity().send().await {
+    let CallerIdentity {
+        account_id: own,
+        partition,
+    } = match iam::caller_identity(&clients.sts, base.metrics()).await {
         Ok(identity) => identity,
         Err(err) => {
+            let said = err.code().map_or_else(|| err.to_string(), str::to_string);
             let _ = writeln!(
                 out,
-                "user:     unknown: STS GetCallerIdentity failed ({})",
-                code(&err)
+                "user:     unknown: STS GetCallerIdentity failed ({said})"
             );
             return Ok(out);
         }
     };
-    let own = identity.account().unwrap_or_default();
-    let partition = identity
-        .arn()
-        .and_then(|arn| arn.split(':').nth(1))
-        .unwrap_or("aws");
     let role_clients;
     let clients = if own == account {
         clients
-    } else if let Some(role) = role_for(settings, &account, partition) {
+    } else if let Some(role) = role_for(settings, &account, &partition) {
         let _ = writeln!(out, "          read through role {}", role.arn);
         role_clients = base.clients(Some(&role)).await;
         &role_clients

@@ -73,6 +73,15 @@ pub enum IamError {
 }
 
 impl IamError {
+    /// The service's error code (or the word for a call that got no answer), for a
+    /// failed call.
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            IamError::Call { code, .. } => Some(code),
+            _ => None,
+        }
+    }
+
     /// IAM (or STS, or Organizations) refused the call for lack of a permission.
     pub fn is_access_denied(&self) -> bool {
         matches!(
@@ -332,6 +341,11 @@ impl AwsBase {
                     .build(),
             ),
         }
+    }
+
+    /// Where every client built from this base counts its requests and errors.
+    pub fn metrics(&self) -> &ExporterMetrics {
+        &self.metrics
     }
 
     /// An Organizations client with the exporter's own credentials, for discovery.
