@@ -27,6 +27,11 @@ pub struct Cli {
     #[arg(long = "once")]
     pub once: bool,
 
+    /// With --once: also run one pass of service-last-accessed jobs for the service counts.
+    /// It takes about 3 s per user divided by service_access.max_concurrent_jobs.
+    #[arg(long = "once.service-access", requires = "once")]
+    pub once_service_access: bool,
+
     /// With --once: write the exposition to this file atomically instead of stdout.
     #[arg(long = "once.file", value_name = "PATH", requires = "once")]
     pub once_file: Option<PathBuf>,

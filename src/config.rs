@@ -182,12 +182,6 @@ pub struct LogSettings {
     pub format: LogFormat,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RetryMode {
-    Standard,
-    Adaptive,
-}
-
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AwsSettings {
@@ -198,15 +192,18 @@ pub struct AwsSettings {
     /// Endpoint for IAM and STS, e.g. a local IAM server. `AWS_ENDPOINT_URL` also works.
     #[serde(default)]
     pub endpoint_url: Option<String>,
-    #[serde(deserialize_with = "keyword")]
-    pub retry_mode: RetryMode,
-    /// Attempts per call, the first one included.
+    /// Attempts per call, the first one included. Retries follow the SDK's standard
+    /// strategy: capped exponential backoff with full jitter.
     pub max_attempts: u32,
-    /// Upper bound for one call, retries included.
+    /// Upper bound for one HTTP attempt; an attempt that runs out is retried.
+    #[serde(deserialize_with = "duration")]
+    pub attempt_timeout: Duration,
+    /// Upper bound for one call, every attempt and backoff included.
     #[serde(deserialize_with = "duration")]
     pub call_timeout: Duration,
-    /// Requests per second to one account, retries included (a token bucket shared by
-    /// every call to that account); 0 turns the limit off.
+    /// The most requests per second to one account, retries included (a token bucket
+    /// shared by every call to that account). The rate drops when IAM throttles and climbs
+    /// back to this when it stops; 0 turns the limit off.
     pub requests_per_second: f64,
 }
 
@@ -230,8 +227,10 @@ pub struct ServiceAccessSettings {
     pub enabled: bool,
     #[serde(deserialize_with = "duration")]
     pub interval: Duration,
-    /// Service-last-accessed jobs in flight at once; IAM throttles these readily.
+    /// Service-last-accessed jobs in flight at once, per account.
     pub max_concurrent_jobs: usize,
+    /// Run jobs for every user, not only for users that hold an access key.
+    pub all_users: bool,
     /// First wait between polls of a job; it doubles up to `poll_interval_max`.
     #[serde(deserialize_with = "duration")]
     pub poll_interval: Duration,
@@ -276,13 +275,6 @@ impl Keyword for LogLevel {
 impl Keyword for LogFormat {
     const CHOICES: &'static [(&'static str, Self)] =
         &[("text", LogFormat::Text), ("json", LogFormat::Json)];
-}
-
-impl Keyword for RetryMode {
-    const CHOICES: &'static [(&'static str, Self)] = &[
-        ("standard", RetryMode::Standard),
-        ("adaptive", RetryMode::Adaptive),
-    ];
 }
 
 /// Reads a `Keyword`; a wrong word gets a message listing the right ones.
@@ -539,7 +531,14 @@ impl Settings {
             self.aws.max_attempts,
             "must be between 1 and 20",
         )?;
+        check_duration("aws.attempt_timeout", self.aws.attempt_timeout)?;
         check_duration("aws.call_timeout", self.aws.call_timeout)?;
+        check(
+            self.aws.call_timeout >= self.aws.attempt_timeout,
+            "aws.call_timeout",
+            humantime::format_duration(self.aws.call_timeout).to_string(),
+            "must be at least aws.attempt_timeout",
+        )?;
 
         let refresh = &self.refresh;
         check_duration("refresh.interval", refresh.interval)?;
@@ -562,10 +561,10 @@ impl Settings {
             "must be at least service_access.poll_interval",
         )?;
         check(
-            (1..=16).contains(&access.max_concurrent_jobs),
+            (1..=64).contains(&access.max_concurrent_jobs),
             "service_access.max_concurrent_jobs",
             access.max_concurrent_jobs,
-            "must be between 1 and 16",
+            "must be between 1 and 64",
         )?;
         self.validate_accounts()?;
         self.validate_tags()

@@ -23,6 +23,10 @@ pub struct Account {
     pub source: Source,
     /// When the account's inventory was last refreshed successfully.
     pub last_success: Mutex<Option<SystemTime>>,
+    /// Held for writing while the account's key inventory refreshes. A service-access job
+    /// takes it for reading before it starts, so new jobs wait and the key refresh has the
+    /// account's request rate to itself, delayed only by the few jobs already running.
+    pub refreshing_keys: tokio::sync::RwLock<()>,
     /// The health metrics' label values last used, so they can be removed when they change
     /// (the own account's id becomes known) or the account leaves.
     labels: Mutex<Option<[String; 2]>>,
@@ -34,6 +38,7 @@ impl Account {
             target,
             source,
             last_success: Mutex::new(None),
+            refreshing_keys: tokio::sync::RwLock::new(()),
             labels: Mutex::new(None),
         }
     }

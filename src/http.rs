@@ -216,7 +216,8 @@ fn handle(req: &Request<Incoming>, web: &WebSettings, shared: &Shared) -> Respon
         path if path == web.telemetry_path => metrics(req, shared),
         "/" => landing_page(web, shared),
         "/-/healthy" => plain(StatusCode::OK, "Healthy\n"),
-        "/-/ready" if shared.is_ready() => plain(StatusCode::OK, "Ready\n"),
+        // The value /metrics serves: ready means its data is there.
+        "/-/ready" if shared.published().is_ready() => plain(StatusCode::OK, "Ready\n"),
         "/-/ready" => plain(
             StatusCode::SERVICE_UNAVAILABLE,
             "Not ready: waiting for the first successful refresh\n",
@@ -238,12 +239,12 @@ fn plain(status: StatusCode, text: &'static str) -> Response<Body> {
 /// Pre-assembled bytes: the snapshot's series, then the exporter's own metrics. Nothing
 /// is formatted or compressed here.
 fn metrics(req: &Request<Incoming>, shared: &Shared) -> Response<Body> {
-    let exposition = shared.exposition();
+    let published = shared.published();
     let gzip = accepts_gzip(req.headers());
     let [head, tail] = if gzip {
-        exposition.gzip.clone()
+        published.exposition.gzip.clone()
     } else {
-        exposition.plain.clone()
+        published.exposition.plain.clone()
     };
     let mut response = Response::new(body(head, tail));
     let headers = response.headers_mut();

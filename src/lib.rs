@@ -73,6 +73,9 @@ pub async fn run(
         ));
     }
 
+    // Service counts and tags arrive one user at a time; they are published as they come.
+    refreshers.spawn(refresh::run_publisher(shared.clone()));
+
     // The exporter's own metrics (process CPU and memory above all) change between
     // refreshes; re-assembling the exposition every few seconds keeps them current while
     // scrapes only copy bytes.
@@ -121,10 +124,12 @@ pub enum OnceError {
     Refresh(String),
 }
 
-/// One refresh (and, when enabled, one pass of service-access jobs), then the exposition:
-/// the inventory and the exporter's own metrics, without `process_*`. For cron jobs and
-/// node_exporter's textfile collector.
-pub async fn once(settings: Settings) -> Result<Vec<u8>, OnceError> {
+/// One refresh (and, when `service_access` is true and the feature enabled, one pass of
+/// service-access jobs), then the exposition: the inventory and the exporter's own
+/// metrics, without `process_*`. For cron jobs and node_exporter's textfile collector.
+/// The pass is asked for explicitly because it costs seconds per user: hours, not
+/// seconds, for a large account.
+pub async fn once(settings: Settings, service_access: bool) -> Result<Vec<u8>, OnceError> {
     let metrics = Arc::new(ExporterMetrics::without_process_metrics());
     let shared = Shared::new(metrics.clone());
     let fleet = Fleet::new(&settings, metrics.clone()).await;
@@ -137,11 +142,12 @@ pub async fn once(settings: Settings) -> Result<Vec<u8>, OnceError> {
         return Err(OnceError::Refresh(error));
     }
     // Tags of every user were read with the inventory; only service counts remain.
-    if settings.service_access.enabled && !fleet.is_file() {
+    if service_access && settings.service_access.enabled && !fleet.is_file() {
         refresh::refresh_service_access_once(&fleet, &settings, &shared).await;
     }
     // Every refresh and pass ends by assembling the exposition; that is the answer.
-    let [head, tail] = &shared.exposition().plain;
+    let published = shared.published();
+    let [head, tail] = &published.exposition.plain;
     Ok([&head[..], &tail[..]].concat())
 }
 

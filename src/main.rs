@@ -44,7 +44,7 @@ fn main() -> ExitCode {
         return whois(settings, key_id);
     }
     if cli.once {
-        return once(settings, cli.once_file.as_deref());
+        return once(settings, cli.once_service_access, cli.once_file.as_deref());
     }
     match serve(settings, web_config) {
         Ok(()) => ExitCode::SUCCESS,
@@ -77,8 +77,12 @@ async fn whois(settings: Settings, key_id: &str) -> ExitCode {
 }
 
 #[tokio::main]
-async fn once(settings: Settings, file: Option<&std::path::Path>) -> ExitCode {
-    let body = match iam_key_exporter::once(settings).await {
+async fn once(
+    settings: Settings,
+    service_access: bool,
+    file: Option<&std::path::Path>,
+) -> ExitCode {
+    let body = match iam_key_exporter::once(settings, service_access).await {
         Ok(body) => body,
         Err(err) => {
             tracing::error!("{err}");

@@ -119,6 +119,7 @@ pub struct ExporterMetrics {
     pub refresh_failures_total: IntCounter,
     pub aws_requests_total: IntCounterVec,
     pub aws_errors_total: IntCounterVec,
+    pub aws_throttled_requests_total: IntCounterVec,
     pub snapshot_users: IntGauge,
     pub snapshot_access_keys: IntGauge,
     pub service_access_jobs_total: IntCounterVec,
@@ -207,7 +208,7 @@ impl ExporterMetrics {
         };
         let aws_rate_limit_wait_seconds_total = Counter::new(
             "iam_key_exporter_aws_rate_limit_wait_seconds_total",
-            "Seconds requests waited for the client-side rate limit (aws.requests_per_second).",
+            "Seconds requests waited for the client-side rate limit (at most aws.requests_per_second, lower while AWS throttles).",
         )
         .expect("valid metric");
         register(Box::new(aws_rate_limit_wait_seconds_total.clone()));
@@ -284,6 +285,11 @@ impl ExporterMetrics {
                 "iam_key_exporter_aws_errors_total",
                 "AWS calls that failed after retries, by API operation and error code.",
                 &["operation", "code"],
+            ),
+            aws_throttled_requests_total: counter_vec(
+                "iam_key_exporter_aws_throttled_requests_total",
+                "HTTP requests AWS answered with a throttling error, by API operation; each lowers the account's request rate, and the call is retried.",
+                &["operation"],
             ),
             snapshot_users: int_gauge(
                 "iam_key_exporter_snapshot_users",

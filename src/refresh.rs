@@ -1,7 +1,8 @@
 //! The background refreshers and the state they publish. The key inventory and the
 //! service counts refresh on their own intervals; either one publishes a new snapshot,
 //! built completely and then swapped in, so a scrape sees one whole inventory or the
-//! previous one.
+//! previous one. `/metrics` and `/-/ready` read the same published value, so an exporter
+//! that says it is ready serves the data that made it ready.
 
 use std::collections::{BTreeMap, HashSet};
 use std::future::Future;
@@ -12,7 +13,7 @@ use std::time::{Duration, SystemTime};
 use arc_swap::{ArcSwap, ArcSwapOption};
 use bytes::Bytes;
 use futures_util::{StreamExt, stream};
-use tokio::sync::{Mutex, watch};
+use tokio::sync::{Mutex, Notify, watch};
 use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::config::{ServiceAccessSettings, Settings};
@@ -42,13 +43,26 @@ struct Collected {
     version: u64,
 }
 
+/// The one value the HTTP server reads, swapped whole: the snapshot (absent before the
+/// first data) and the bytes `/metrics` serves, assembled from it.
+pub struct Published {
+    pub snapshot: Option<Arc<Snapshot>>,
+    /// The snapshot followed by the exporter's own metrics.
+    pub exposition: Exposition,
+}
+
+impl Published {
+    /// Ready once a first refresh has produced data to serve.
+    pub fn is_ready(&self) -> bool {
+        self.snapshot.is_some()
+    }
+}
+
 /// What the refreshers publish and the HTTP server reads.
 pub struct Shared {
     pub metrics: Arc<ExporterMetrics>,
-    snapshot: ArcSwapOption<Snapshot>,
-    /// The bytes `/metrics` serves: the snapshot followed by the exporter's own metrics.
-    exposition: ArcSwap<Exposition>,
-    /// Held while an exposition is assembled, so an older one never replaces a newer one.
+    published: ArcSwap<Published>,
+    /// Held while a `Published` is assembled, so an older one never replaces a newer one.
     assembling: std::sync::Mutex<()>,
     last_refresh: ArcSwapOption<RefreshStatus>,
     collected: Mutex<Collected>,
@@ -61,21 +75,26 @@ pub struct Shared {
     inventory_generation: watch::Sender<u64>,
     /// Bumped when an inventory refresh finishes, whether it succeeded or not.
     refreshes_finished: watch::Sender<u64>,
+    /// Signalled when service counts or tags arrive, for `run_publisher`.
+    changed: Notify,
 }
 
 impl Shared {
     pub fn new(metrics: Arc<ExporterMetrics>) -> Shared {
         let shared = Shared {
-            exposition: ArcSwap::from_pointee(Exposition::default()),
+            published: ArcSwap::from_pointee(Published {
+                snapshot: None,
+                exposition: Exposition::default(),
+            }),
             assembling: std::sync::Mutex::new(()),
             metrics,
-            snapshot: ArcSwapOption::empty(),
             last_refresh: ArcSwapOption::empty(),
             collected: Mutex::new(Collected::default()),
             rendering: Mutex::new(()),
             rendered_version: AtomicU64::new(0),
             inventory_generation: watch::channel(0).0,
             refreshes_finished: watch::channel(0).0,
+            changed: Notify::new(),
         };
         // Before the first refresh, /metrics serves the exporter's own metrics.
         shared.refresh_exposition();
@@ -83,12 +102,12 @@ impl Shared {
     }
 
     pub fn snapshot(&self) -> Option<Arc<Snapshot>> {
-        self.snapshot.load_full()
+        self.published.load().snapshot.clone()
     }
 
-    /// What `/metrics` serves now; assembled ahead of scrapes by `refresh_exposition`.
-    pub fn exposition(&self) -> Arc<Exposition> {
-        self.exposition.load_full()
+    /// What `/metrics` and `/-/ready` read: one value, assembled ahead of scrapes.
+    pub fn published(&self) -> Arc<Published> {
+        self.published.load_full()
     }
 
     /// Assembles the exposition anew from the current snapshot and the exporter's own
@@ -96,12 +115,22 @@ impl Shared {
     /// formats anything.
     pub fn refresh_exposition(&self) {
         let _one_at_a_time = self.assembling.lock().expect("not poisoned");
+        let snapshot = self.snapshot();
+        self.store(snapshot);
+    }
+
+    /// Publishes `snapshot` with the exporter's own metrics as they are now. Callers hold
+    /// `assembling`.
+    fn store(&self, snapshot: Option<Arc<Snapshot>>) {
         let own = self.metrics.render();
-        let exposition = match self.snapshot() {
+        let exposition = match &snapshot {
             Some(s) => Exposition::assemble(&s.exposition, &s.gzip_prefix, own),
             None => Exposition::assemble(&Bytes::new(), &GzipPrefix::new(&[]), own),
         };
-        self.exposition.store(Arc::new(exposition));
+        self.published.store(Arc::new(Published {
+            snapshot,
+            exposition,
+        }));
     }
 
     pub fn last_refresh(&self) -> Option<Arc<RefreshStatus>> {
@@ -110,7 +139,7 @@ impl Shared {
 
     /// Ready once a first refresh has produced data to serve.
     pub fn is_ready(&self) -> bool {
-        self.snapshot.load().is_some()
+        self.published.load().is_ready()
     }
 
     /// Replaces one account's inventory and publishes it. Service counts and tags of users
@@ -144,7 +173,7 @@ impl Shared {
         self.render_and_swap().await;
     }
 
-    /// Stores one user's service counts; they are published with the next snapshot.
+    /// Stores one user's service counts; `run_publisher` publishes them within seconds.
     pub async fn set_service_counts(&self, account: &str, arn: String, counts: ServiceCounts) {
         self.change(|collected| {
             if let Some(data) = collected.accounts.get_mut(account) {
@@ -152,6 +181,7 @@ impl Shared {
             }
         })
         .await;
+        self.changed.notify_one();
     }
 
     /// Makes room for an account's slow data before its first inventory is published.
@@ -160,7 +190,7 @@ impl Shared {
         collected.accounts.entry(account.to_string()).or_default();
     }
 
-    /// Stores one user's tag labels; they are published with the next snapshot.
+    /// Stores one user's tag labels; `run_publisher` publishes them within seconds.
     pub async fn set_tags(&self, account: &str, arn: String, tags: TagLabels) {
         self.change(|collected| {
             if let Some(data) = collected.accounts.get_mut(account) {
@@ -168,6 +198,7 @@ impl Shared {
             }
         })
         .await;
+        self.changed.notify_one();
     }
 
     /// Publishes the current inventories with the latest service counts and tags.
@@ -177,6 +208,20 @@ impl Shared {
 
     /// The account's users as (name, ARN), in inventory order.
     pub async fn users(&self, account: &str) -> Vec<(String, String)> {
+        self.users_where(account, |_| true).await
+    }
+
+    /// The account's users that hold at least one access key, as (name, ARN).
+    pub async fn users_with_keys(&self, account: &str) -> Vec<(String, String)> {
+        self.users_where(account, |user| !user.keys.is_empty())
+            .await
+    }
+
+    async fn users_where(
+        &self,
+        account: &str,
+        wanted: impl Fn(&crate::inventory::User) -> bool,
+    ) -> Vec<(String, String)> {
         let collected = self.collected.lock().await;
         let inventory = collected
             .accounts
@@ -185,6 +230,7 @@ impl Shared {
         inventory.map_or_else(Vec::new, |inv| {
             inv.users
                 .iter()
+                .filter(|user| wanted(user))
                 .map(|u| (u.name.clone(), u.arn.clone()))
                 .collect()
         })
@@ -245,8 +291,26 @@ impl Shared {
         };
         self.metrics.snapshot_users.set(snapshot.users as i64);
         self.metrics.snapshot_access_keys.set(snapshot.keys as i64);
-        self.snapshot.store(Some(Arc::new(snapshot)));
+        {
+            let _one_at_a_time = self.assembling.lock().expect("not poisoned");
+            self.store(Some(Arc::new(snapshot)));
+        }
         self.rendered_version.store(version, Ordering::Release);
+    }
+}
+
+/// How long `run_publisher` waits after a render before the next: service counts arriving
+/// one user at a time are published together, at a small share of one core.
+const PUBLISH_GAP: Duration = Duration::from_secs(5);
+
+/// Publishes service counts and tags as they arrive: at once after a quiet spell, then at
+/// most once per `PUBLISH_GAP`, so the first counts of a pass show within a second of
+/// their job and a pass of thousands of jobs costs a render every few seconds.
+pub async fn run_publisher(shared: Arc<Shared>) {
+    loop {
+        shared.changed.notified().await;
+        shared.render_and_swap().await;
+        tokio::time::sleep(PUBLISH_GAP).await;
     }
 }
 
@@ -366,6 +430,8 @@ async fn refresh_account(
     let metrics = &shared.metrics;
     let started = Instant::now();
     let work = async {
+        // Service-access jobs wait while this is held; see `account_service_access`.
+        let _keys_first = account.refreshing_keys.write().await;
         let inventory = account.source.collect(metrics).await?;
         read_new_users_tags(account, &inventory, settings, shared).await;
         Ok::<_, crate::source::SourceError>(inventory)
@@ -576,12 +642,31 @@ async fn account_service_access(
         timeout: settings.job_timeout,
     };
     let key = &account.target.key;
-    let users = shared.users(key).await;
+    // The counts belong to the key's user: users without a key have no series to carry
+    // them, unless `all_users` asks for every user's.
+    let users = if settings.all_users {
+        shared.users(key).await
+    } else {
+        shared.users_with_keys(key).await
+    };
     let count = users.len();
     let results: Vec<Result<(), IamError>> = stream::iter(users)
         .map(|(_, arn)| async move {
-            let counts = iam::service_counts(&clients.iam, metrics, &arn, policy).await?;
-            shared.set_service_counts(key, arn, counts).await;
+            // A job waits while the account's keys refresh: the keys come first in the
+            // account's request rate, and the jobs already running only finish.
+            drop(account.refreshing_keys.read().await);
+            let result = iam::service_counts(&clients.iam, metrics, &arn, policy).await;
+            let label = match &result {
+                Ok(_) => "completed",
+                Err(IamError::JobFailed { .. }) => "failed",
+                Err(IamError::JobTimedOut { .. }) => "timeout",
+                Err(_) => "error",
+            };
+            metrics
+                .service_access_jobs_total
+                .with_label_values(&[label])
+                .inc();
+            shared.set_service_counts(key, arn, result?).await;
             Ok(())
         })
         .buffer_unordered(settings.max_concurrent_jobs)
@@ -594,16 +679,6 @@ async fn account_service_access(
     let mut denied = None;
     let mut completed = false;
     for result in results {
-        let label = match &result {
-            Ok(()) => "completed",
-            Err(IamError::JobFailed { .. }) => "failed",
-            Err(IamError::JobTimedOut { .. }) => "timeout",
-            Err(_) => "error",
-        };
-        metrics
-            .service_access_jobs_total
-            .with_label_values(&[label])
-            .inc();
         match result {
             Ok(()) => completed = true,
             Err(err) if err.is_access_denied() => denied = Some(err),
@@ -703,6 +778,58 @@ mod tests {
             "aws_iam_user_services_granted{account_id=\"123456789012\",user=\"alice\"} 4"
         ));
         assert_eq!(shared.metrics.snapshot_access_keys.get(), 1);
+    }
+
+    fn served(shared: &Shared) -> String {
+        let published = shared.published();
+        let [head, tail] = &published.exposition.plain;
+        String::from_utf8([&head[..], &tail[..]].concat()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn ready_and_metrics_read_one_value_so_ready_means_the_data_is_served() {
+        let shared = Shared::new(Arc::new(ExporterMetrics::new()));
+        let before = shared.published();
+        assert!(!before.is_ready());
+        assert!(!served(&shared).contains("aws_iam_access_key_active"));
+
+        shared
+            .publish_inventory(A, None, inventory(&["alice"]))
+            .await;
+        // No refresh_exposition in between: the value that says ready holds the data.
+        let published = shared.published();
+        assert!(published.is_ready());
+        let [head, _] = &published.exposition.plain;
+        let text = String::from_utf8(head.to_vec()).unwrap();
+        assert!(text.contains("aws_iam_access_key_active{"), "{text}");
+        // The snapshot's own counts are in the same value's tail.
+        assert!(served(&shared).contains("iam_key_exporter_snapshot_access_keys 1\n"));
+    }
+
+    #[tokio::test]
+    async fn the_publisher_serves_service_counts_as_they_arrive() {
+        let shared = Arc::new(Shared::new(Arc::new(ExporterMetrics::new())));
+        let publisher = tokio::spawn(run_publisher(shared.clone()));
+        shared
+            .publish_inventory(A, None, inventory(&["alice", "bob"]))
+            .await;
+        let counts = ServiceCounts {
+            accessed: 2,
+            granted: 7,
+        };
+        let alice = format!("arn:aws:iam::{A}:user/alice");
+        shared.set_service_counts(A, alice, counts).await;
+        // No republish by the caller: the publisher renders the first counts at once.
+        let expected =
+            "aws_iam_user_services_granted{account_id=\"123456789012\",user=\"alice\"} 7";
+        for _ in 0..200 {
+            if served(&shared).contains(expected) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(served(&shared).contains(expected), "{}", served(&shared));
+        publisher.abort();
     }
 
     #[tokio::test]

@@ -20,6 +20,7 @@ use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, Region};
 use aws_credential_types::provider::SharedCredentialsProvider;
 use aws_credential_types::provider::error::CredentialsError;
+use aws_sdk_iam::config::retry::RetryPartition;
 use aws_sdk_iam::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_smithy_http_client::tls;
 use aws_smithy_runtime_api::box_error::BoxError;
@@ -32,7 +33,7 @@ use aws_smithy_runtime_api::client::orchestrator::Metadata;
 use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
 use aws_smithy_types::config_bag::ConfigBag;
 
-use crate::config::{AwsSettings, RetryMode};
+use crate::config::AwsSettings;
 use crate::metrics::ExporterMetrics;
 
 pub use keys::{collect_inventory, root_access_keys_present};
@@ -45,7 +46,7 @@ pub use report::{CredentialReport, ReportPolicy, credential_report};
 pub use service_access::{JobPolicy, service_counts};
 pub use tags::user_tags;
 
-use rate_limit::RateLimitedClient;
+use rate_limit::{RateLimitedClient, ThrottleFeedback};
 
 /// A failure talking to IAM or STS. Messages carry operation names, codes and ARNs,
 /// never credentials.
@@ -235,6 +236,9 @@ fn is_complete_xml(body: &[u8]) -> bool {
     !root.is_empty() && rest.ends_with(&format!("</{root}>"))
 }
 
+/// Numbers each account's clients' retry partition.
+static NEXT_PARTITION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 /// A role to assume for every call to an account.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AssumeRole {
@@ -262,13 +266,12 @@ impl AwsBase {
                 tls::rustls_provider::CryptoMode::Ring,
             ))
             .build_https();
-        let retry = match settings.retry_mode {
-            RetryMode::Standard => RetryConfig::standard(),
-            RetryMode::Adaptive => RetryConfig::adaptive(),
-        }
-        .with_max_attempts(settings.max_attempts);
+        // The standard strategy: capped exponential backoff with full jitter. Not the
+        // adaptive one, whose own client-side limiter would stack on the account's bucket.
+        let retry = RetryConfig::standard().with_max_attempts(settings.max_attempts);
         let timeouts = TimeoutConfig::builder()
             .connect_timeout(Duration::from_secs(5))
+            .operation_attempt_timeout(settings.attempt_timeout)
             .operation_timeout(settings.call_timeout)
             .build();
         let mut loader = aws_config::defaults(BehaviorVersion::latest())
@@ -304,12 +307,11 @@ impl AwsBase {
     /// own rate limit.
     pub async fn clients(&self, role: Option<&AssumeRole>) -> Clients {
         let mut sdk = self.sdk.clone();
-        if self.requests_per_second > 0.0 {
-            let limited = RateLimitedClient::new(
-                self.http.clone(),
-                self.requests_per_second,
-                self.metrics.clone(),
-            );
+        let bucket = (self.requests_per_second > 0.0)
+            .then(|| Arc::new(TokenBucket::new(self.requests_per_second)));
+        if let Some(bucket) = &bucket {
+            let limited =
+                RateLimitedClient::new(self.http.clone(), bucket.clone(), self.metrics.clone());
             sdk = sdk.into_builder().http_client(limited).build();
         }
         if let Some(role) = role {
@@ -327,16 +329,27 @@ impl AwsBase {
         let counter = CountRequests {
             metrics: self.metrics.clone(),
         };
+        let feedback = ThrottleFeedback {
+            bucket,
+            metrics: self.metrics.clone(),
+        };
+        // The SDK's retry quota is shared by every client of one partition: without a
+        // partition of its own, one throttled account would spend every account's retries.
+        let partition = NEXT_PARTITION.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Clients {
             iam: aws_sdk_iam::Client::from_conf(
                 aws_sdk_iam::config::Builder::from(&sdk)
+                    .retry_partition(RetryPartition::new(format!("iam-{partition}")))
                     .interceptor(counter.clone())
+                    .interceptor(feedback.clone())
                     .interceptor(CompleteXml)
                     .build(),
             ),
             sts: aws_sdk_sts::Client::from_conf(
                 aws_sdk_sts::config::Builder::from(&sdk)
+                    .retry_partition(RetryPartition::new(format!("sts-{partition}")))
                     .interceptor(counter)
+                    .interceptor(feedback)
                     .interceptor(CompleteXml)
                     .build(),
             ),
