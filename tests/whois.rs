@@ -1,5 +1,6 @@
 //! `iam-key-exporter whois` against moto: the owning account decoded and confirmed, and
-//! for a key of the exporter's account its user, status, age and last use.
+//! for a key of the exporter's account its user, status, age and last use; an id that
+//! cannot be decoded offline is still asked of STS.
 
 mod common;
 
@@ -138,6 +139,50 @@ fn a_key_of_a_configured_member_account_is_read_through_its_role() {
     let text = String::from_utf8(output.stdout).unwrap();
     assert!(
         text.contains("not in the inventory of a watched account"),
+        "{text}"
+    );
+}
+
+#[test]
+fn an_id_outside_base32_is_asked_of_sts() {
+    // AWS's documentation example: shaped like a key id, but `8` is no base32 digit, so
+    // the account cannot be decoded offline. moto's STS answers GetAccessKeyInfo for an id
+    // it does not hold with the caller's account, where IAM then has no such key.
+    let Some(moto) = Moto::start(&root().join("tests/peers/sample-inventory.json")) else {
+        return;
+    };
+    let account = moto.seeded["account_id"].as_str().unwrap();
+    let output = whois(&moto.endpoint, "AKIAI44QH8DHBEXAMPLE");
+    assert!(output.status.success(), "{output:?}");
+    let text = String::from_utf8(output.stdout).unwrap();
+    assert!(
+        text.contains(&format!(
+            "account:  {account} (from STS GetAccessKeyInfo)\n          could not be decoded offline: characters outside base32 (A-Z, 2-7) after the prefix: 8\n"
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("user:     no such key in account {account}")),
+        "{text}"
+    );
+
+    // With no STS to answer (asked once, not retried), the account is unknown, said so,
+    // and nothing more is asked.
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("c.toml");
+    std::fs::write(&config, "[aws]\nmax_attempts = 1\n").unwrap();
+    let output = run_whois(
+        "http://127.0.0.1:9",
+        (TEST_ACCESS_KEY, TEST_SECRET),
+        &["--config.file", config.to_str().unwrap()],
+        "AKIAI44QH8DHBEXAMPLE",
+    );
+    assert!(output.status.success(), "{output:?}");
+    let text = String::from_utf8(output.stdout).unwrap();
+    assert!(
+        text.ends_with(
+            "account:  unknown: could not be decoded offline (characters outside base32 (A-Z, 2-7) after the prefix: 8), and STS GetAccessKeyInfo failed (no answer)\n"
+        ),
         "{text}"
     );
 }

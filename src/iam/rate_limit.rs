@@ -417,7 +417,7 @@ mod tests {
                                 // The SDK's first backoff for a throttle: up to 1 s,
                                 // jittered; a fixed spread stands in for the jitter.
                                 attempt += 1;
-                                let jitter = ((attempt * 7 + worker) % 10) as u64 * 100;
+                                let jitter = (attempt * 7 + worker) % 10 * 100;
                                 tokio::time::sleep(Duration::from_millis(jitter)).await;
                             }
                         }

@@ -116,6 +116,32 @@ impl Moto {
         let _ = self.child.wait();
     }
 
+    /// moto in bench mode: `users` generated users with 2 keys each, no scenario.
+    pub fn start_bench(users: usize) -> Option<Moto> {
+        if !require_peer("moto", &moto_python()) {
+            return None;
+        }
+        let users = users.to_string();
+        let (child, stdin, seeded) = spawn_peer(
+            "moto_server.py",
+            &[
+                "--bench-users",
+                &users,
+                "--host",
+                "127.0.0.1",
+                "--port",
+                "0",
+            ],
+        );
+        let endpoint = seeded["endpoint"].as_str().unwrap().to_string();
+        Some(Moto {
+            child,
+            _stdin: stdin,
+            endpoint,
+            seeded,
+        })
+    }
+
     /// An IAM client for changing the scenario while the exporter runs.
     pub fn iam_client(&self) -> aws_sdk_iam::Client {
         aws_sdk_iam::Client::new(&self.sdk_config())
@@ -190,6 +216,7 @@ impl Exporter {
             .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
             .env("AWS_EC2_METADATA_DISABLED", "true")
             .env("IAM_KEY_EXPORTER_AWS__MAX_ATTEMPTS", "2")
+            .env("IAM_KEY_EXPORTER_AWS__ATTEMPT_TIMEOUT", "5s")
             .env("IAM_KEY_EXPORTER_AWS__CALL_TIMEOUT", "5s")
             .env("IAM_KEY_EXPORTER_SERVICE_ACCESS__POLL_INTERVAL", "100ms")
             .env(
@@ -656,6 +683,23 @@ impl FaultProxy {
         ureq::post(&format!("{}/{verb}", self.control))
             .send_empty()
             .expect("proxy up/down");
+    }
+
+    /// Throttles like IAM: a token bucket per account, `rate` requests a second, at most
+    /// `burst` at once; over-rate requests are answered Throttling and not forwarded.
+    pub fn throttle(&self, rate: f64, burst: u32) {
+        let url = format!("{}/throttle", self.control);
+        ureq::put(&url)
+            .header("content-type", "application/json")
+            .send(serde_json::json!({"rate": rate, "burst": burst}).to_string())
+            .unwrap_or_else(|e| panic!("PUT {url}: {e}"));
+    }
+
+    /// Zeroes the counters of `stats` (and every rule's `fired`).
+    pub fn clear_stats(&self) {
+        ureq::delete(&format!("{}/stats", self.control))
+            .call()
+            .expect("clear proxy stats");
     }
 
     pub fn stats(&self) -> serde_json::Value {
