@@ -445,14 +445,15 @@ def _parse_users(doc: dict, where: str, prefix: str) -> list[UserSpec]:
     return users
 
 
-def bench_users(n: int) -> list[UserSpec]:
+def bench_users(n: int, in_progress_polls: int = 0) -> list[UserSpec]:
     """N users bench-user-00000.. with 2 keys each, varied but deterministic.
 
     Keys are created 1..900 days ago; every third key (by global key index)
     was never used, the others were used since their creation with a service
     and region from small lists; every tenth key is Inactive. Each user's
-    service-last-accessed job completes at once and lists the services its
-    keys used plus one never-accessed service.
+    service-last-accessed job answers IN_PROGRESS to its first
+    `in_progress_polls` polls, then completes and lists the services its keys
+    used plus one never-accessed service.
     """
     users = []
     for i in range(n):
@@ -476,7 +477,7 @@ def bench_users(n: int) -> list[UserSpec]:
         users.append(UserSpec(
             name=f"bench-user-{i:05d}", path="/bench/",
             created_days_ago=max(k.created_days_ago for k in keys) + rng.randint(0, 60),
-            keys=keys, in_progress_polls=0, services=services))
+            keys=keys, in_progress_polls=in_progress_polls, services=services))
     return users
 
 
@@ -1123,6 +1124,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bench-users", type=int, metavar="N",
                         help="also seed N generated users with 2 keys each; the JSON line "
                              "then only has counts")
+    parser.add_argument("--bench-job-polls", type=int, default=0, metavar="N",
+                        help="the generated users' service-last-accessed jobs answer "
+                             "IN_PROGRESS to their first N polls (default 0: done at once)")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0, help="0 = any free port")
     parser.add_argument("--verbose", action="store_true", help="log every HTTP request")
@@ -1149,7 +1153,7 @@ def main(argv: list[str] | None = None) -> int:
                 scenario = parse_scenario(json.load(f))
         if args.bench_users:
             taken = {u.name for u in scenario.users}
-            bench = bench_users(args.bench_users)
+            bench = bench_users(args.bench_users, args.bench_job_polls)
             if taken & {u.name for u in bench}:
                 raise ScenarioError("user names clash with --bench-users (bench-user-NNNNN)")
             scenario.users += bench
