@@ -552,3 +552,117 @@ fn connections_beyond_the_cap_wait_until_one_closes() {
         "{answer:?}"
     );
 }
+
+/// `--once` with the test environment of `Exporter` (shortened polls) and `extra` flags.
+fn once_against(endpoint: &str, extra: &[&str]) -> (Metrics, String) {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_iam-key-exporter"))
+        .arg("--once")
+        .args(extra)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("AWS_ACCESS_KEY_ID", TEST_ACCESS_KEY)
+        .env("AWS_SECRET_ACCESS_KEY", TEST_SECRET)
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_CONFIG_FILE", "/dev/null")
+        .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("IAM_KEY_EXPORTER_AWS__ENDPOINT_URL", endpoint)
+        .env("IAM_KEY_EXPORTER_SERVICE_ACCESS__POLL_INTERVAL", "100ms")
+        .env(
+            "IAM_KEY_EXPORTER_SERVICE_ACCESS__POLL_INTERVAL_MAX",
+            "200ms",
+        )
+        .output()
+        .expect("run iam-key-exporter --once");
+    let logs = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(output.status.success(), "{logs}");
+    let text = String::from_utf8(output.stdout).expect("UTF-8 exposition");
+    (Metrics::parse(&text), logs)
+}
+
+#[test]
+fn once_leaves_the_service_access_pass_out_unless_asked() {
+    let Some(moto) = Moto::start(&sample()) else {
+        return;
+    };
+    let generated = "GenerateServiceLastAccessedDetails";
+
+    let (metrics, _) = once_against(&moto.endpoint, &[]);
+    assert_eq!(
+        metrics.get(
+            "iam_key_exporter_aws_requests_total",
+            &[("operation", generated)]
+        ),
+        None
+    );
+    assert!(
+        !metrics
+            .0
+            .keys()
+            .any(|k| k.starts_with("aws_iam_user_services_granted{")),
+        "no pass, no counts"
+    );
+
+    let (metrics, _) = once_against(&moto.endpoint, &["--once.service-access"]);
+    let users = moto.seeded["users"].as_array().unwrap();
+    let with_keys = users
+        .iter()
+        .filter(|u| !u["keys"].as_array().unwrap().is_empty())
+        .count();
+    // One job per user holding a key, and no other.
+    assert_eq!(metrics.aws_requests(generated), with_keys as f64);
+    assert!(
+        metrics
+            .0
+            .keys()
+            .any(|k| k.starts_with("aws_iam_user_services_granted{")),
+        "{:?}",
+        metrics.0.keys().collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn all_users_runs_a_job_for_users_without_keys_too() {
+    let Some(moto) = Moto::start(&sample()) else {
+        return;
+    };
+    let users = moto.seeded["users"].as_array().unwrap();
+    let keyless: Vec<&str> = users
+        .iter()
+        .filter(|u| u["keys"].as_array().unwrap().is_empty() && u["service_job"] == "completed")
+        .map(|u| u["name"].as_str().unwrap())
+        .collect();
+    assert!(
+        !keyless.is_empty(),
+        "the sample has a keyless user whose job completes"
+    );
+    let exporter = Exporter::start(
+        &moto.endpoint,
+        &[("IAM_KEY_EXPORTER_SERVICE_ACCESS__ALL_USERS", "true")],
+    );
+    exporter.wait_ready();
+    let account = moto.seeded["account_id"].as_str().unwrap();
+    let metrics = wait_for("a whole pass", Duration::from_secs(60), || {
+        let m = exporter.metrics();
+        let done = m.get(
+            "iam_key_exporter_service_access_last_run_timestamp_seconds",
+            &[],
+        );
+        (done.unwrap_or(0.0) > 0.0).then_some(m)
+    });
+    for name in keyless {
+        assert!(
+            metrics
+                .get(
+                    "aws_iam_user_services_granted",
+                    &[("account_id", account), ("user", name)],
+                )
+                .is_some(),
+            "{name}"
+        );
+    }
+    assert_eq!(
+        metrics.aws_requests("GenerateServiceLastAccessedDetails"),
+        users.len() as f64
+    );
+}
