@@ -1,10 +1,12 @@
-//! The IAM credential report: parsing its CSV (as GetCredentialReport returns it, or as
-//! downloaded from the console or the CLI) into plain data. Pure: no I/O, no AWS types.
+//! The IAM credential report: reading it as GetCredentialReport returns it, or as saved
+//! from the console, the CLI or a spreadsheet, into plain data. Pure: no I/O, no AWS
+//! types, no logging (what is odd about a report is returned for the caller to log).
 //!
 //! The report names keys by slot (1 and 2), not by id. `access_key_N_last_rotated` is the
 //! key's CreateDate; a slot whose `last_rotated` is `N/A` holds no key.
 
-use std::collections::HashMap;
+use std::borrow::Cow;
+use std::collections::{HashMap, HashSet};
 use std::time::SystemTime;
 
 use aws_smithy_types::DateTime;
@@ -16,8 +18,9 @@ use crate::inventory::{AccessKey, AccountFacts, Inventory, KeyStatus, LastUse, L
 /// The report's name for the account's root user.
 pub const ROOT_USER: &str = "<root_account>";
 
-/// The 22 columns of the report, in AWS's order. Columns are found by name, so a report
-/// with more columns (or another order) still parses; a missing one is an error.
+/// The 22 columns of the report, in AWS's order. Columns are found by name, regardless
+/// of case, so a report with more columns (or another order) still parses; a missing one
+/// is an error.
 const COLUMNS: [&str; 22] = [
     "user",
     "arn",
@@ -43,8 +46,42 @@ const COLUMNS: [&str; 22] = [
     "cert_2_last_rotated",
 ];
 
+/// The columns IAM added in April 2015, when it began tracking when access keys are used.
+/// A report without all of them is the old 16-column format.
+const LAST_USED_COLUMNS: [&str; 6] = [
+    "access_key_1_last_used_date",
+    "access_key_1_last_used_region",
+    "access_key_1_last_used_service",
+    "access_key_2_last_used_date",
+    "access_key_2_last_used_region",
+    "access_key_2_last_used_service",
+];
+
+/// The columns the exporter does not use, with what they hold. They are checked all the
+/// same, so that a row cut inside its last field (`cert_2_last_rotated`) is an error
+/// rather than a row read as complete.
+const UNUSED: [(usize, Kind); 6] = [
+    (5, Kind::Time),  // password_last_changed
+    (6, Kind::Time),  // password_next_rotation
+    (18, Kind::Flag), // cert_1_active
+    (19, Kind::Time), // cert_1_last_rotated
+    (20, Kind::Flag), // cert_2_active
+    (21, Kind::Time), // cert_2_last_rotated
+];
+
+#[derive(Clone, Copy)]
+enum Kind {
+    Flag,
+    Time,
+}
+
+/// The UTF-8 byte order mark a spreadsheet may write before the header.
+const BOM: &[u8] = b"\xEF\xBB\xBF";
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct ReportRow {
+    /// The line of the report the row is on, for messages.
+    pub line: u64,
     pub user: String,
     pub arn: String,
     pub user_creation_time: Option<SystemTime>,
@@ -72,16 +109,50 @@ impl ReportRow {
     pub fn is_root(&self) -> bool {
         self.user == ROOT_USER
     }
+
+    /// The latest of the user's creation, password use, and key creation and use dates:
+    /// of two rows of one user, the one with the later date describes the user later.
+    fn latest(&self) -> Option<SystemTime> {
+        let keys = self.keys.iter().flatten();
+        [self.user_creation_time, self.password_last_used]
+            .into_iter()
+            .chain(keys.flat_map(|k| [Some(k.last_rotated), k.last_used]))
+            .flatten()
+            .max()
+    }
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum ReportError {
-    #[error("credential report is not valid base64: {0}")]
+    #[error("credential report is empty")]
+    Empty,
+    #[error("credential report is neither CSV (its first line has no comma) nor valid base64: {0}")]
     Base64(String),
     #[error("credential report is not CSV: {0}")]
     Csv(String),
+    #[error(
+        "credential report is in the old format of 2014-2015, without the last-used columns \
+         IAM added in April 2015 (it has no {}): generate a new report",
+        .missing.join(", ")
+    )]
+    OldFormat { missing: Vec<&'static str> },
     #[error("credential report has no column {0:?}")]
     MissingColumn(&'static str),
+    #[error(
+        "credential report ends in the middle of line {line} ({fields} of the header's \
+         {expected} fields): the file is cut short"
+    )]
+    Truncated {
+        line: u64,
+        fields: usize,
+        expected: usize,
+    },
+    #[error("credential report line {line} has {fields} fields where the header has {expected}")]
+    FieldCount {
+        line: u64,
+        fields: usize,
+        expected: usize,
+    },
     #[error("credential report line {line}, column {column}: unexpected value {value:?}")]
     BadValue {
         line: u64,
@@ -90,45 +161,213 @@ pub enum ReportError {
     },
 }
 
-/// Report bytes as a person may have saved them: the CSV itself (console download, or
-/// the SDK's already-decoded content), or the base64 text that
-/// `aws iam get-credential-report --query Content --output text` prints.
-pub fn decode(bytes: &[u8]) -> Result<Vec<u8>, ReportError> {
-    let trimmed = bytes.trim_ascii();
-    if trimmed.starts_with(b"user,") || trimmed.starts_with(b"\"user\",") {
-        return Ok(bytes.to_vec());
+/// Something odd in a report that is still read, for the caller to log once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReportWarning {
+    /// One user on several rows (`lines`); only the row on line `kept` is used.
+    DuplicateUser {
+        user: String,
+        lines: Vec<u64>,
+        kept: u64,
+    },
+    /// The ARN the account id was taken from does not hold a 12-digit account id; the id
+    /// is used as written.
+    OddAccountId { arn: String, account_id: String },
+    /// No row's ARN names an account.
+    NoAccountId,
+}
+
+impl std::fmt::Display for ReportWarning {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ReportWarning::DuplicateUser { user, lines, kept } => {
+                let lines: Vec<String> = lines.iter().map(u64::to_string).collect();
+                write!(
+                    f,
+                    "credential report lists user {user:?} on lines {}; using line {kept}, \
+                     the one with the latest date",
+                    lines.join(", ")
+                )
+            }
+            ReportWarning::OddAccountId { arn, account_id } => write!(
+                f,
+                "credential report ARN {arn:?} has account id {account_id:?}, not 12 digits; \
+                 its series are labelled with it as written"
+            ),
+            ReportWarning::NoAccountId => f.write_str(
+                "no ARN in the credential report names an account; its series are labelled \
+                 account_id=\"unknown\"",
+            ),
+        }
     }
-    let compact: Vec<u8> = trimmed
+}
+
+impl ReportWarning {
+    /// What the warning is about, so the same problem in the next report is not logged
+    /// again: the user, or the account id.
+    fn subject(&self) -> String {
+        match self {
+            ReportWarning::DuplicateUser { user, .. } => format!("user {user}"),
+            ReportWarning::OddAccountId { account_id, .. } => format!("account {account_id}"),
+            ReportWarning::NoAccountId => "no account".to_string(),
+        }
+    }
+}
+
+/// The warnings already given for the last report read from one source, so a report read
+/// at every refresh logs each problem once. Only the last report's are kept: a problem
+/// that goes away and comes back is logged again.
+#[derive(Debug, Default)]
+pub struct Warned(HashSet<String>);
+
+impl Warned {
+    /// The warnings about something the previous report did not already warn about.
+    pub fn news<'a>(&mut self, warnings: &'a [ReportWarning]) -> Vec<&'a ReportWarning> {
+        let news = warnings
+            .iter()
+            .filter(|w| !self.0.contains(&w.subject()))
+            .collect();
+        self.0 = warnings.iter().map(ReportWarning::subject).collect();
+        news
+    }
+}
+
+/// A report as read: one row per user, the account its ARNs name, and what was odd.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Report {
+    pub rows: Vec<ReportRow>,
+    /// The account-id field of the first ARN that has one, as written.
+    pub account_id: Option<String>,
+    pub warnings: Vec<ReportWarning>,
+}
+
+/// Reads a report in any form it is saved in (see `decode`), keeping one row per user.
+pub fn read(bytes: &[u8]) -> Result<Report, ReportError> {
+    let csv = decode(bytes)?;
+    Ok(Report::from_rows(parse(&csv)?))
+}
+
+impl Report {
+    /// One row per user and the account id. A user IAM lists on several rows (real
+    /// reports do) would give series with identical labels, which makes Prometheus refuse
+    /// the whole scrape; the row kept is the one with the latest date, the first of them
+    /// on a tie, because it describes the user's most recent state.
+    pub fn from_rows(all: Vec<ReportRow>) -> Report {
+        let mut rows: Vec<ReportRow> = Vec::with_capacity(all.len());
+        let mut position: HashMap<String, usize> = HashMap::new();
+        let mut lines: HashMap<usize, Vec<u64>> = HashMap::new();
+        for row in all {
+            match position.get(&row.user) {
+                None => {
+                    position.insert(row.user.clone(), rows.len());
+                    rows.push(row);
+                }
+                Some(&at) => {
+                    lines
+                        .entry(at)
+                        .or_insert_with(|| vec![rows[at].line])
+                        .push(row.line);
+                    if row.latest() > rows[at].latest() {
+                        rows[at] = row;
+                    }
+                }
+            }
+        }
+        let mut duplicated: Vec<(usize, Vec<u64>)> = lines.into_iter().collect();
+        duplicated.sort();
+        let mut warnings: Vec<ReportWarning> = duplicated
+            .into_iter()
+            .map(|(at, lines)| ReportWarning::DuplicateUser {
+                user: rows[at].user.clone(),
+                lines,
+                kept: rows[at].line,
+            })
+            .collect();
+
+        let account = rows
+            .iter()
+            .find_map(|r| account_of(&r.arn).map(|id| (r.arn.clone(), id.to_string())));
+        match &account {
+            Some((arn, id)) if !is_account_id(id) => {
+                warnings.push(ReportWarning::OddAccountId {
+                    arn: arn.clone(),
+                    account_id: id.clone(),
+                });
+            }
+            None if !rows.is_empty() => warnings.push(ReportWarning::NoAccountId),
+            _ => {}
+        }
+        Report {
+            rows,
+            account_id: account.map(|(_, id)| id),
+            warnings,
+        }
+    }
+}
+
+/// Report bytes as a person may have saved them: the CSV itself (console download, the
+/// SDK's already-decoded content, or a spreadsheet's export with a UTF-8 byte order mark),
+/// or the base64 text that `aws iam get-credential-report --query Content --output text`
+/// prints, wrapped into lines or not. The content decides: the CSV header's first line
+/// has commas, base64 never does.
+pub fn decode(bytes: &[u8]) -> Result<Cow<'_, [u8]>, ReportError> {
+    let text = bytes.strip_prefix(BOM).unwrap_or(bytes).trim_ascii();
+    if text.is_empty() {
+        return Err(ReportError::Empty);
+    }
+    let first_line = text.split(|&b| b == b'\n').next().unwrap_or_default();
+    if first_line.contains(&b',') {
+        return Ok(Cow::Borrowed(text));
+    }
+    let compact: Vec<u8> = text
         .iter()
         .copied()
         .filter(|b| !b.is_ascii_whitespace())
         .collect();
     base64::engine::general_purpose::STANDARD
         .decode(compact)
+        .map(Cow::Owned)
         .map_err(|e| ReportError::Base64(e.to_string()))
 }
 
-/// Parses the CSV of a credential report.
+/// Parses the CSV of a credential report into its rows, one per line, as written.
 pub fn parse(csv_bytes: &[u8]) -> Result<Vec<ReportRow>, ReportError> {
+    let csv_bytes = csv_bytes.strip_prefix(BOM).unwrap_or(csv_bytes);
+    if csv_bytes.trim_ascii().is_empty() {
+        return Err(ReportError::Empty);
+    }
     let mut reader = csv::ReaderBuilder::new()
         .has_headers(true)
+        // Rows of the wrong length are reported here, as a cut file or a dropped column.
+        .flexible(true)
         .from_reader(csv_bytes);
     let headers = reader
         .headers()
         .map_err(|e| ReportError::Csv(e.to_string()))?
         .clone();
-    let positions: HashMap<&str, usize> = headers.iter().enumerate().map(|(i, h)| (h, i)).collect();
-    let mut index = [0usize; COLUMNS.len()];
-    for (slot, column) in index.iter_mut().zip(COLUMNS) {
-        *slot = *positions
-            .get(column)
-            .ok_or(ReportError::MissingColumn(column))?;
-    }
+    let index = column_index(&headers)?;
 
     let mut rows = Vec::new();
-    for record in reader.records() {
+    let mut records = reader.into_records().peekable();
+    while let Some(record) = records.next() {
         let record = record.map_err(|e| ReportError::Csv(e.to_string()))?;
         let line = record.position().map_or(0, |p| p.line());
+        if record.len() != headers.len() {
+            let (fields, expected) = (record.len(), headers.len());
+            return Err(if records.peek().is_none() && fields < expected {
+                ReportError::Truncated {
+                    line,
+                    fields,
+                    expected,
+                }
+            } else {
+                ReportError::FieldCount {
+                    line,
+                    fields,
+                    expected,
+                }
+            });
+        }
         let field = |column: usize| -> Field<'_> {
             Field {
                 line,
@@ -136,6 +375,13 @@ pub fn parse(csv_bytes: &[u8]) -> Result<Vec<ReportRow>, ReportError> {
                 value: record.get(index[column]).unwrap_or(""),
             }
         };
+        for (column, kind) in UNUSED {
+            field(column).check(kind)?;
+        }
+        let user = field(0).value.to_string();
+        if user.is_empty() {
+            return Err(field(0).bad());
+        }
         let key = |first: usize| -> Result<Option<ReportKey>, ReportError> {
             let Some(last_rotated) = field(first + 1).timestamp()? else {
                 return Ok(None);
@@ -148,11 +394,8 @@ pub fn parse(csv_bytes: &[u8]) -> Result<Vec<ReportRow>, ReportError> {
                 last_used_service: field(first + 4).value.to_string(),
             }))
         };
-        let user = field(0).value.to_string();
-        if user.is_empty() {
-            return Err(field(0).bad());
-        }
         rows.push(ReportRow {
+            line,
             user,
             arn: field(1).value.to_string(),
             user_creation_time: field(2).timestamp()?,
@@ -165,10 +408,37 @@ pub fn parse(csv_bytes: &[u8]) -> Result<Vec<ReportRow>, ReportError> {
     Ok(rows)
 }
 
+/// Where each of `COLUMNS` is in `headers`, matched regardless of case and surrounding
+/// spaces. The old 16-column format gets its own error: it is a real report, only older.
+fn column_index(headers: &csv::StringRecord) -> Result<[usize; COLUMNS.len()], ReportError> {
+    let positions: HashMap<String, usize> = headers
+        .iter()
+        .enumerate()
+        .map(|(i, h)| (h.trim().to_ascii_lowercase(), i))
+        .collect();
+    let missing: Vec<&'static str> = COLUMNS
+        .into_iter()
+        .filter(|c| !positions.contains_key(*c))
+        .collect();
+    if missing == LAST_USED_COLUMNS {
+        return Err(ReportError::OldFormat { missing });
+    }
+    if let Some(column) = missing.first() {
+        return Err(ReportError::MissingColumn(column));
+    }
+    let mut index = [0usize; COLUMNS.len()];
+    for (slot, column) in index.iter_mut().zip(COLUMNS) {
+        *slot = positions[column];
+    }
+    Ok(index)
+}
+
 /// True for the words the report uses for "no value": `N/A`, `not_supported`,
-/// `no_information`.
+/// `no_information`, in any case.
 pub fn is_absent(value: &str) -> bool {
-    matches!(value, "N/A" | "not_supported" | "no_information")
+    ["N/A", "not_supported", "no_information"]
+        .iter()
+        .any(|word| value.eq_ignore_ascii_case(word))
 }
 
 /// A key's label when only its slot is known: `slot1` or `slot2`.
@@ -249,11 +519,18 @@ pub fn inventory_by_slot(
     }
 }
 
-/// The account id in an ARN (`arn:aws:iam::123456789012:user/x`), for a report read from
-/// a file, which says nothing else about its account.
+/// The account-id field of an ARN (`arn:aws:iam::123456789012:user/x`), as written, for
+/// a report read from a file, which says nothing else about its account. Only a field of
+/// at most 64 ASCII letters, digits, `-` or `_` is taken: it becomes a label value.
 pub fn account_of(arn: &str) -> Option<&str> {
     let account = arn.split(':').nth(4)?;
-    (account.len() == 12 && account.bytes().all(|b| b.is_ascii_digit())).then_some(account)
+    let safe = |b: u8| b.is_ascii_alphanumeric() || b == b'-' || b == b'_';
+    (!account.is_empty() && account.len() <= 64 && account.bytes().all(safe)).then_some(account)
+}
+
+/// True for an account id as AWS writes them: 12 digits.
+pub fn is_account_id(id: &str) -> bool {
+    id.len() == 12 && id.bytes().all(|b| b.is_ascii_digit())
 }
 
 struct Field<'a> {
@@ -286,12 +563,24 @@ impl Field<'_> {
             .ok_or_else(|| self.bad())
     }
 
+    /// `true` or `false` in any case: IAM writes them in lower case, its User Guide and
+    /// spreadsheets in upper case.
     fn flag(&self) -> Result<Option<bool>, ReportError> {
-        match self.value {
-            "true" => Ok(Some(true)),
-            "false" => Ok(Some(false)),
-            _ if self.is_absent() => Ok(None),
-            _ => Err(self.bad()),
+        if self.value.eq_ignore_ascii_case("true") {
+            Ok(Some(true))
+        } else if self.value.eq_ignore_ascii_case("false") {
+            Ok(Some(false))
+        } else if self.is_absent() {
+            Ok(None)
+        } else {
+            Err(self.bad())
+        }
+    }
+
+    fn check(&self, kind: Kind) -> Result<(), ReportError> {
+        match kind {
+            Kind::Flag => self.flag().map(drop),
+            Kind::Time => self.timestamp().map(drop),
         }
     }
 }
@@ -402,9 +691,13 @@ mod tests {
         let short_row = "bot,arn:aws:iam::123456789012:user/bot";
         assert!(matches!(
             parse(report(&[short_row]).as_bytes()),
-            Err(ReportError::Csv(_))
+            Err(ReportError::Truncated {
+                line: 2,
+                fields: 2,
+                expected: 22
+            })
         ));
-        assert_eq!(parse(b""), Err(ReportError::MissingColumn("user")));
+        assert_eq!(parse(b""), Err(ReportError::Empty));
     }
 
     #[test]
@@ -413,7 +706,7 @@ mod tests {
         let encoded = base64::engine::general_purpose::STANDARD.encode(&csv);
         let wrapped = format!("{}\n{}\n", &encoded[..40], &encoded[40..]);
         assert_eq!(decode(wrapped.as_bytes()).unwrap(), csv.as_bytes());
-        assert_eq!(decode(csv.as_bytes()).unwrap(), csv.as_bytes());
+        assert_eq!(decode(csv.as_bytes()).unwrap(), csv.trim_end().as_bytes());
         let truncated = &encoded[..encoded.len() - 3];
         assert!(matches!(
             decode(truncated.as_bytes()),
@@ -422,7 +715,7 @@ mod tests {
     }
 
     #[test]
-    fn account_ids_come_from_arns() {
+    fn account_ids_come_from_arns_as_written() {
         assert_eq!(
             account_of("arn:aws:iam::123456789012:user/a/b"),
             Some("123456789012")
@@ -431,8 +724,231 @@ mod tests {
             account_of("arn:aws:iam::123456789012:root"),
             Some("123456789012")
         );
-        assert_eq!(account_of("arn:aws:iam::12345:user/x"), None);
+        assert_eq!(
+            account_of("arn:aws:iam::0123456789:root"),
+            Some("0123456789")
+        );
+        assert_eq!(account_of("arn:aws:iam::12345:user/x"), Some("12345"));
+        assert_eq!(account_of("arn:aws:iam:::user/x"), None, "no account field");
+        assert_eq!(
+            account_of("arn:aws:iam::1 2\"3:user/x"),
+            None,
+            "not label-safe"
+        );
         assert_eq!(account_of("nonsense"), None);
+        assert!(is_account_id("123456789012"));
+        assert!(!is_account_id("0123456789"));
+    }
+
+    /// Finding 5: an account id that is not 12 digits is kept as the ARN writes it, with
+    /// one warning naming the ARN.
+    #[test]
+    fn an_account_id_of_other_than_12_digits_is_kept_and_warned_about() {
+        let odd = BOT.replace("123456789012", "0123456789");
+        let odd_report =
+            read(report(&[&odd, &ALICE.replace("123456789012", "0123456789")]).as_bytes()).unwrap();
+        assert_eq!(odd_report.account_id.as_deref(), Some("0123456789"));
+        assert_eq!(
+            odd_report.warnings,
+            [ReportWarning::OddAccountId {
+                arn: "arn:aws:iam::0123456789:user/bot".into(),
+                account_id: "0123456789".into()
+            }]
+        );
+        assert_eq!(
+            odd_report.warnings[0].to_string(),
+            "credential report ARN \"arn:aws:iam::0123456789:user/bot\" has account id \
+             \"0123456789\", not 12 digits; its series are labelled with it as written"
+        );
+        let normal = read(report(&[ROOT, BOT]).as_bytes()).unwrap();
+        assert_eq!(normal.account_id.as_deref(), Some("123456789012"));
+        assert_eq!(normal.warnings, []);
+        let nameless =
+            read(report(&[&BOT.replace("arn:aws:iam::123456789012:", "bot:")]).as_bytes()).unwrap();
+        assert_eq!(nameless.account_id, None);
+        assert_eq!(nameless.warnings, [ReportWarning::NoAccountId]);
+    }
+
+    /// Finding 2: a user on several rows is one row, the one with the latest date (the first
+    /// on a tie), with one warning naming the user and the lines.
+    #[test]
+    fn a_user_on_two_rows_is_kept_once_with_the_latest_data() {
+        // As in a real report: first without keys, then with a key used later.
+        let bare = "chris,arn:aws:iam::123456789012:user/chris,2016-08-30T17:37:35+00:00,true,no_information,2016-08-30T17:40:36+00:00,N/A,false,false,N/A,N/A,N/A,N/A,false,N/A,N/A,N/A,N/A,false,N/A,false,N/A";
+        let used = "chris,arn:aws:iam::123456789012:user/chris,2016-08-30T17:37:35+00:00,true,2016-11-21T14:42:22+00:00,2016-11-21T14:42:53+00:00,N/A,false,true,2016-09-14T12:57:54+00:00,2016-11-21T18:44:00+00:00,us-east-1,redshift,false,N/A,N/A,N/A,N/A,false,N/A,false,N/A";
+        for (rows, kept) in [([bare, used], 5), ([used, bare], 4)] {
+            let read = read(report(&[ROOT, BOT, rows[0], rows[1]]).as_bytes()).unwrap();
+            let users: Vec<&str> = read.rows.iter().map(|r| r.user.as_str()).collect();
+            assert_eq!(
+                users,
+                ["<root_account>", "bot", "chris"],
+                "in first-seen order"
+            );
+            let chris = &read.rows[2];
+            assert_eq!(chris.line, kept);
+            assert!(
+                chris.keys[0].as_ref().unwrap().active,
+                "the row with the key"
+            );
+            assert_eq!(
+                read.warnings,
+                [ReportWarning::DuplicateUser {
+                    user: "chris".into(),
+                    lines: vec![4, 5],
+                    kept
+                }]
+            );
+        }
+        let twice = read(report(&[BOT, BOT]).as_bytes()).unwrap();
+        assert_eq!(twice.rows.len(), 1);
+        assert_eq!(twice.rows[0].line, 2, "a tie keeps the first row");
+        assert_eq!(
+            twice.warnings[0].to_string(),
+            "credential report lists user \"bot\" on lines 2, 3; using line 2, the one with \
+             the latest date"
+        );
+    }
+
+    /// A report read at every refresh warns once about each problem, and again only once
+    /// the problem went away and came back.
+    #[test]
+    fn warnings_are_given_once() {
+        let duplicate = |user: &str| ReportWarning::DuplicateUser {
+            user: user.into(),
+            lines: vec![2, 3],
+            kept: 3,
+        };
+        let mut warned = Warned::default();
+        let first = [duplicate("a"), ReportWarning::NoAccountId];
+        assert_eq!(warned.news(&first).len(), 2);
+        assert_eq!(warned.news(&first), Vec::<&ReportWarning>::new());
+        let moved = [ReportWarning::DuplicateUser {
+            user: "a".into(),
+            lines: vec![5, 9],
+            kept: 9,
+        }];
+        assert_eq!(
+            warned.news(&moved),
+            Vec::<&ReportWarning>::new(),
+            "same user"
+        );
+        assert_eq!(warned.news(&[duplicate("b")]), [&duplicate("b")]);
+        assert_eq!(warned.news(&[]), Vec::<&ReportWarning>::new());
+        assert_eq!(
+            warned.news(&[duplicate("b")]),
+            [&duplicate("b")],
+            "came back"
+        );
+    }
+
+    /// Finding 3: booleans as the IAM User Guide and spreadsheets spell them.
+    #[test]
+    fn booleans_are_read_in_any_case() {
+        let upper = "zed,arn:aws:iam::123456789012:user/zed,2019-08-10T11:07:38+00:00,FALSE,N/A,N/A,N/A,True,TRUE,2019-09-25T10:52:11+00:00,2019-09-25T10:58:00+00:00,us-west-1,s3,False,2019-08-10T11:13:31+00:00,N/A,N/A,N/A,FALSE,N/A,FALSE,N/A";
+        let rows = parse(report(&[upper]).as_bytes()).unwrap();
+        assert_eq!(rows[0].password_enabled, Some(false));
+        assert_eq!(rows[0].mfa_active, Some(true));
+        assert!(rows[0].keys[0].as_ref().unwrap().active);
+        assert!(!rows[0].keys[1].as_ref().unwrap().active);
+        let yes = upper.replacen("FALSE", "yes", 1);
+        assert_eq!(
+            parse(report(&[&yes]).as_bytes()).unwrap_err().to_string(),
+            "credential report line 2, column password_enabled: unexpected value \"yes\""
+        );
+    }
+
+    /// Finding 4: the forms a report is saved in, told apart by their content.
+    #[test]
+    fn every_saved_form_is_read() {
+        let csv = report(&[ROOT, ALICE, BOT]);
+        let expected = parse(csv.as_bytes()).unwrap();
+        let encoded = base64::engine::general_purpose::STANDARD.encode(&csv);
+        let wrapped_76: String = encoded
+            .as_bytes()
+            .chunks(76)
+            .map(|line| format!("{}\r\n", String::from_utf8_lossy(line)))
+            .collect();
+        let with_bom = [BOM, csv.as_bytes()].concat();
+        let bom_in_base64 = base64::engine::general_purpose::STANDARD.encode(&with_bom);
+        let forms: [(&str, Vec<u8>); 7] = [
+            ("CSV", csv.clone().into_bytes()),
+            ("base64 on one line", encoded.clone().into_bytes()),
+            ("base64 wrapped at 76 with CRLF", wrapped_76.into_bytes()),
+            ("CSV after a byte order mark", with_bom),
+            (
+                "base64 of CSV with a byte order mark",
+                bom_in_base64.into_bytes(),
+            ),
+            (
+                "upper-case header",
+                csv.replacen(HEADER, &HEADER.to_uppercase(), 1).into_bytes(),
+            ),
+            (
+                "blank lines and CRLF",
+                format!("\r\n\n{}", csv.replace('\n', "\r\n")).into_bytes(),
+            ),
+        ];
+        for (form, bytes) in forms {
+            let rows = read(&bytes).unwrap_or_else(|e| panic!("{form}: {e}")).rows;
+            let users = |rows: &[ReportRow]| -> Vec<(String, [Option<ReportKey>; 2])> {
+                rows.iter()
+                    .map(|r| (r.user.clone(), r.keys.clone()))
+                    .collect()
+            };
+            assert_eq!(users(&rows), users(&expected), "{form}");
+        }
+    }
+
+    /// Finding 4: each damaged form is refused with a message naming its problem.
+    #[test]
+    fn each_damaged_form_names_its_problem() {
+        let message = |bytes: &[u8]| read(bytes).unwrap_err().to_string();
+        let csv = report(&[ROOT, ALICE, BOT]);
+        let cut = &csv[..csv.len() - 60];
+        assert_eq!(
+            message(cut.as_bytes()),
+            "credential report ends in the middle of line 4 (10 of the header's 22 fields): \
+             the file is cut short"
+        );
+        let cut_in_last_field = &csv[..csv.len() - 2];
+        assert_eq!(
+            message(cut_in_last_field.as_bytes()),
+            "credential report line 4, column cert_2_last_rotated: unexpected value \"N/\""
+        );
+        let dropped: String = csv
+            .lines()
+            .map(|line| {
+                let mut fields: Vec<&str> = line.split(',').collect();
+                fields.remove(7);
+                format!("{}\n", fields.join(","))
+            })
+            .collect();
+        assert_eq!(
+            message(dropped.as_bytes()),
+            "credential report has no column \"mfa_active\""
+        );
+        let short_bot = BOT.replacen(",false,true,", ",true,", 1);
+        assert_eq!(
+            message(report(&[ROOT, &short_bot, ALICE]).as_bytes()),
+            "credential report line 3 has 21 fields where the header has 22"
+        );
+        for empty in [&b""[..], b"\n \r\n", BOM] {
+            assert_eq!(message(empty), "credential report is empty");
+        }
+        assert_eq!(
+            message(b"\x00\x01binary"),
+            "credential report is neither CSV (its first line has no comma) nor valid \
+             base64: Invalid symbol 0, offset 0."
+        );
+        let old = "user,arn,user_creation_time,password_enabled,password_last_used,password_last_changed,password_next_rotation,mfa_active,access_key_1_active,access_key_1_last_rotated,access_key_2_active,access_key_2_last_rotated,cert_1_active,cert_1_last_rotated,cert_2_active,cert_2_last_rotated\nBill,arn:aws:iam::123456789012:user/Bill,2015-04-15T18:27:44+00:00,false,N/A,N/A,N/A,false,false,N/A,false,N/A,false,N/A,false,N/A\n";
+        assert_eq!(
+            message(old.as_bytes()),
+            "credential report is in the old format of 2014-2015, without the last-used \
+             columns IAM added in April 2015 (it has no access_key_1_last_used_date, \
+             access_key_1_last_used_region, access_key_1_last_used_service, \
+             access_key_2_last_used_date, access_key_2_last_used_region, \
+             access_key_2_last_used_service): generate a new report"
+        );
     }
 
     /// Random damage to a valid report (flipped, dropped and inserted bytes, cut tails)

@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::OnceCell;
 
 use crate::config::{FilterSettings, LabelSettings, SourceKind, SourceSettings};
-use crate::credential_report::{self, ReportError};
+use crate::credential_report::{self, ReportError, ReportWarning, Warned};
 use crate::features::{Degraded, Feature};
 use crate::filter::{UserFilter, mask_key_ids};
 use crate::iam::{self, Clients, IamError, ReportPolicy};
@@ -55,6 +55,8 @@ pub enum Origin {
         concurrency: usize,
         /// The account id never changes for a set of credentials: asked once, then kept.
         account_id: OnceCell<String>,
+        /// What the last credential report read was warned about.
+        warned: Mutex<Warned>,
     },
     File {
         path: PathBuf,
@@ -62,6 +64,8 @@ pub enum Origin {
         seen: Mutex<Option<(SystemTime, u64)>>,
         /// The account the last file read belonged to.
         account_id: Mutex<Option<String>>,
+        /// What the last file read was warned about.
+        warned: Mutex<Warned>,
     },
 }
 
@@ -130,6 +134,7 @@ impl Origin {
             },
             concurrency,
             account_id: OnceCell::new_with(account_id),
+            warned: Mutex::default(),
         }
     }
 
@@ -138,6 +143,7 @@ impl Origin {
             path,
             seen: Mutex::new(None),
             account_id: Mutex::new(None),
+            warned: Mutex::default(),
         }
     }
 
@@ -164,6 +170,7 @@ impl Origin {
                 report,
                 concurrency,
                 account_id,
+                warned,
             } => {
                 let account = account_id
                     .get_or_try_init(|| iam::caller_account_id(&clients.sts, metrics))
@@ -184,6 +191,9 @@ impl Origin {
                             Feature::CredentialReport,
                             report,
                         )?;
+                        if let Some(report) = &report {
+                            warn_once(warned, &account, &report.warnings);
+                        }
                         iam::collect_inventory(
                             iam,
                             metrics,
@@ -197,6 +207,7 @@ impl Origin {
                     // A report file is `Origin::File`; only the report itself reaches here.
                     SourceKind::CredentialReport | SourceKind::CredentialReportFile => {
                         let report = iam::credential_report(iam, metrics, *report).await?;
+                        warn_once(warned, &account, &report.warnings);
                         return Ok(credential_report::inventory_by_slot(
                             &report.rows,
                             account,
@@ -219,6 +230,7 @@ impl Origin {
                 path,
                 seen,
                 account_id,
+                warned,
             } => {
                 let display = path.display().to_string();
                 let stamp = file_stamp(path);
@@ -226,29 +238,33 @@ impl Origin {
                     path: display.clone(),
                     source,
                 })?;
-                let rows = credential_report::decode(&bytes)
-                    .and_then(|csv| credential_report::parse(&csv))
-                    .map_err(|source| SourceError::Report {
-                        path: display,
+                let report =
+                    credential_report::read(&bytes).map_err(|source| SourceError::Report {
+                        path: display.clone(),
                         source,
                     })?;
                 *seen.lock().expect("not poisoned") = stamp;
-                let account = rows
-                    .iter()
-                    .find_map(|r| credential_report::account_of(&r.arn))
-                    .unwrap_or("unknown")
-                    .to_string();
+                let account = report.account_id.unwrap_or_else(|| "unknown".to_string());
+                warn_once(warned, &display, &report.warnings);
                 *account_id.lock().expect("not poisoned") = Some(account.clone());
                 // A file carries no GeneratedTime; its modification time is the closest.
                 let generated = stamp.map(|(modified, _)| modified);
                 Ok(credential_report::inventory_by_slot(
-                    &rows,
+                    &report.rows,
                     account,
                     generated,
                     SystemTime::now(),
                 ))
             }
         }
+    }
+}
+
+/// Logs what is odd about a report, each problem once rather than at every refresh
+/// (`Warned`). `origin` names the account or the file.
+fn warn_once(warned: &Mutex<Warned>, origin: &str, warnings: &[ReportWarning]) {
+    for warning in warned.lock().expect("not poisoned").news(warnings) {
+        tracing::warn!(origin, "{warning}");
     }
 }
 

@@ -454,7 +454,57 @@ fn a_report_older_than_the_maximum_age_is_regenerated_once() {
     let Some((metrics, age_hours)) = report_source_on_a_report_aged(5.0, 5.0) else {
         return;
     };
-    // One generation: STARTED, then COMPLETE; later refreshes find the new report fresh.
-    assert_eq!(metrics.aws_requests("GenerateCredentialReport"), 2.0);
+    // One generation, started once and waited for through GetCredentialReport; later
+    // refreshes find the new report fresh.
+    assert_eq!(metrics.aws_requests("GenerateCredentialReport"), 1.0);
     assert!(age_hours.abs() < 0.05, "a new report: {age_hours} h old");
+}
+
+/// Finding 2 of issue 9: a user on two rows of a report (real reports have them) is served
+/// once, from the row with the latest date, and warned about once however often the
+/// file is read.
+#[test]
+fn a_user_on_two_rows_is_served_once_and_warned_about_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let report = dir.path().join("report.csv");
+    let sample =
+        std::fs::read_to_string(root().join("config/sample-credential-report.csv")).unwrap();
+    // alice again after her row, as she was before she last signed in and used key 1.
+    let alice = sample.lines().find(|l| l.starts_with("alice,")).unwrap();
+    let earlier = alice
+        .replace("2026-11-22T08:14:55+00:00", "no_information")
+        .replace("2026-11-21T10:05:00+00:00,eu-central-1,sts", "N/A,N/A,N/A");
+    assert_ne!(earlier, alice);
+    std::fs::write(&report, format!("{}\n{earlier}\n", sample.trim_end())).unwrap();
+    let exporter = Exporter::start_with(
+        &[],
+        &[
+            ("IAM_KEY_EXPORTER_SOURCE__KIND", "credential_report_file"),
+            ("IAM_KEY_EXPORTER_SOURCE__FILE", report.to_str().unwrap()),
+            ("IAM_KEY_EXPORTER_REFRESH__INTERVAL", "1s"),
+        ],
+    );
+    exporter.wait_ready();
+    wait_for("three refreshes", Duration::from_secs(30), || {
+        (exporter.logs().matches("inventory refreshed").count() >= 3).then_some(())
+    });
+    let text = exporter.get("/metrics").text();
+    assert_eq!(common::duplicate_series(&text), Vec::<String>::new());
+    let metrics = Metrics::parse(&text);
+    let labels = [
+        ("account_id", SAMPLE_ACCOUNT),
+        ("user", "alice"),
+        ("access_key_id", "slot1"),
+    ];
+    assert_eq!(
+        metrics.value("aws_iam_access_key_last_used_timestamp_seconds", &labels),
+        1795255500.0,
+        "the row with the latest date"
+    );
+    let logs = exporter.logs();
+    assert_eq!(
+        logs.matches("lists user \"alice\" on lines 5, 10").count(),
+        1,
+        "{logs}"
+    );
 }

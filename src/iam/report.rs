@@ -9,8 +9,8 @@ use aws_sdk_iam::error::ProvideErrorMetadata;
 use aws_sdk_iam::types::ReportStateType;
 use tokio::time::Instant;
 
-use super::{IamError, observe, to_system_time};
-use crate::credential_report::{self, ReportRow};
+use super::{IamError, error_code, to_system_time};
+use crate::credential_report::{self, ReportRow, ReportWarning};
 use crate::inventory::elapsed;
 use crate::metrics::ExporterMetrics;
 
@@ -19,6 +19,8 @@ use crate::metrics::ExporterMetrics;
 pub struct CredentialReport {
     pub rows: Vec<ReportRow>,
     pub generated_at: SystemTime,
+    /// What was odd about the report (a user on two rows, say), for the caller to log.
+    pub warnings: Vec<ReportWarning>,
 }
 
 /// How old a report may be, and how patiently a new one is waited for.
@@ -43,6 +45,13 @@ enum Fetched {
 /// The newest report, generated first when none is younger than `policy.max_age`. When
 /// generating fails, an older report is still better than none and is returned; its
 /// GeneratedTime shows its age.
+///
+/// While IAM generates, GetCredentialReport is polled rather than
+/// GenerateCredentialReport: it answers ReportInProgress until the report is there and
+/// then the report itself, so the poll that finds it is also the call that fetches it.
+/// A fresh report costs 1 call; otherwise 1 GetCredentialReport, 1
+/// GenerateCredentialReport (none when a generation is already in progress) and 1
+/// GetCredentialReport per poll.
 pub async fn credential_report(
     iam: &Client,
     metrics: &ExporterMetrics,
@@ -55,38 +64,52 @@ pub async fn credential_report(
             return Ok(report);
         }
         Fetched::Report(report) => Some(report),
+        // Someone else's generation is under way: asking for another would only be told so.
+        Fetched::NotReady(code) if code == "ReportInProgress" => {
+            return poll(iam, metrics, policy, None).await;
+        }
         Fetched::NotReady(_) => None,
     };
-    if let Err(err) = generate(iam, metrics, policy).await {
-        return match stale {
-            Some(report) => {
-                tracing::warn!(error = %err, "generating a credential report failed; using the previous one");
-                Ok(report)
-            }
-            None => Err(err),
-        };
-    }
-    match fetch(iam, metrics).await? {
-        Fetched::Report(report) => Ok(report),
-        Fetched::NotReady(code) => Err(IamError::Call {
-            operation: GET,
-            code: code.clone(),
-            message: format!(
-                "no credential report after GenerateCredentialReport said COMPLETE ({code})"
-            ),
-        }),
+    let fetched = match generate(iam, metrics).await {
+        // IAM keeps a report younger than 4 hours instead of generating one: it is the
+        // newest there is, whatever its age.
+        Ok(Some(ReportStateType::Complete)) => match fetch(iam, metrics).await {
+            Ok(Fetched::Report(report)) => Ok(report),
+            Ok(Fetched::NotReady(_)) => poll(iam, metrics, policy, None).await,
+            Err(err) => Err(err),
+        },
+        // STARTED, INPROGRESS, or LimitExceeded (a generation already under way): the
+        // old report, if any, may still be served until the new one replaces it.
+        Ok(_) => {
+            let older_than = stale.as_ref().map(|report| report.generated_at);
+            poll(iam, metrics, policy, older_than).await
+        }
+        Err(err) => Err(err),
+    };
+    match (fetched, stale) {
+        (Ok(report), _) => Ok(report),
+        (Err(err), Some(report)) => {
+            tracing::warn!(error = %err, "generating a credential report failed; using the previous one");
+            Ok(report)
+        }
+        (Err(err), None) => Err(err),
     }
 }
 
 async fn fetch(iam: &Client, metrics: &ExporterMetrics) -> Result<Fetched, IamError> {
-    let output = match observe(metrics, GET, iam.get_credential_report().send().await) {
+    let output = match iam.get_credential_report().send().await {
         Ok(output) => output,
         Err(err) => {
+            // These codes are the report's states, not failures: counted as errors, every
+            // generation would look like a fault in aws_errors_total.
             return match err.code() {
                 Some(code @ ("ReportNotPresent" | "ReportExpired" | "ReportInProgress")) => {
                     Ok(Fetched::NotReady(code.to_string()))
                 }
-                _ => Err(IamError::call(GET, &err)),
+                _ => {
+                    metrics.count_aws_error(GET, error_code(&err));
+                    Err(IamError::call(GET, &err))
+                }
             };
         }
     };
@@ -100,32 +123,42 @@ async fn fetch(iam: &Client, metrics: &ExporterMetrics) -> Result<Fetched, IamEr
         operation: GET,
         field: "Content",
     })?;
-    let rows = credential_report::parse(content.as_ref())?;
-    Ok(Fetched::Report(CredentialReport { rows, generated_at }))
+    let report = credential_report::read(content.as_ref())?;
+    Ok(Fetched::Report(CredentialReport {
+        rows: report.rows,
+        generated_at,
+        warnings: report.warnings,
+    }))
 }
 
-/// Asks IAM to generate a report and polls until it says COMPLETE. LimitExceeded means
-/// a generation is already under way: it is waited for like INPROGRESS.
+/// Asks IAM to generate a report, once. Its state, or `None` for LimitExceeded, which
+/// means a generation is already under way.
 async fn generate(
     iam: &Client,
     metrics: &ExporterMetrics,
+) -> Result<Option<ReportStateType>, IamError> {
+    match iam.generate_credential_report().send().await {
+        Ok(output) => Ok(output.state),
+        // Another generation is under way: a state, not a failure.
+        Err(err) if err.code() == Some("LimitExceeded") => Ok(None),
+        Err(err) => {
+            metrics.count_aws_error(GENERATE, error_code(&err));
+            Err(IamError::call(GENERATE, &err))
+        }
+    }
+}
+
+/// Polls GetCredentialReport, with a doubling wait, until it returns a report generated
+/// after `older_than` (any report when `None`) or `policy.timeout` passes.
+async fn poll(
+    iam: &Client,
+    metrics: &ExporterMetrics,
     policy: ReportPolicy,
-) -> Result<(), IamError> {
+    older_than: Option<SystemTime>,
+) -> Result<CredentialReport, IamError> {
     let deadline = Instant::now() + policy.timeout;
     let mut wait = policy.poll_interval;
     loop {
-        let state = match observe(
-            metrics,
-            GENERATE,
-            iam.generate_credential_report().send().await,
-        ) {
-            Ok(output) => output.state,
-            Err(err) if err.code() == Some("LimitExceeded") => None,
-            Err(err) => return Err(IamError::call(GENERATE, &err)),
-        };
-        if state == Some(ReportStateType::Complete) {
-            return Ok(());
-        }
         let now = Instant::now();
         if now >= deadline {
             return Err(IamError::ReportTimedOut {
@@ -134,5 +167,12 @@ async fn generate(
         }
         tokio::time::sleep(wait.min(deadline - now)).await;
         wait = (wait * 2).min(policy.poll_interval_max);
+        match fetch(iam, metrics).await? {
+            Fetched::Report(report) if older_than.is_none_or(|old| report.generated_at > old) => {
+                return Ok(report);
+            }
+            // Still generating, or the old report until the new one replaces it.
+            Fetched::Report(_) | Fetched::NotReady(_) => {}
+        }
     }
 }

@@ -602,11 +602,7 @@ async fn a_report_younger_than_the_maximum_age_costs_one_call() {
 async fn a_missing_report_is_generated_and_waited_for() {
     let get = get_report_after(410, "ReportNotPresent");
     let generate = mock!(Client::generate_credential_report)
-        .sequence()
-        .output(|| generate_state(ReportStateType::Started))
-        .output(|| generate_state(ReportStateType::Inprogress))
-        .output(|| generate_state(ReportStateType::Complete))
-        .build();
+        .then_output(|| generate_state(ReportStateType::Started));
     let metrics = Arc::new(ExporterMetrics::new());
     let iam = client(&[&get, &generate], &metrics);
     let started = tokio::time::Instant::now();
@@ -614,15 +610,13 @@ async fn a_missing_report_is_generated_and_waited_for() {
         .await
         .unwrap();
     assert_eq!(report.rows.len(), 2);
-    assert_eq!((get.num_calls(), generate.num_calls()), (2, 3));
-    assert_eq!(
-        started.elapsed(),
-        Duration::from_secs(3),
-        "waits of 1 s and 2 s"
-    );
+    // Started once, then polled through GetCredentialReport, which returns the report.
+    assert_eq!((get.num_calls(), generate.num_calls()), (2, 1));
+    assert_eq!(started.elapsed(), Duration::from_secs(1), "one wait of 1 s");
+    // The report's states are not errors: a generation must not look like a fault.
     assert_eq!(
         errors(&metrics, "GetCredentialReport", "ReportNotPresent"),
-        1
+        0
     );
 }
 
@@ -630,19 +624,17 @@ async fn a_missing_report_is_generated_and_waited_for() {
 async fn an_expired_report_is_regenerated_and_limit_exceeded_waited_out() {
     let get = get_report_after(410, "ReportExpired");
     let generate = mock!(Client::generate_credential_report)
-        .sequence()
-        .http_response(|| iam_error(409, "LimitExceeded"))
-        .output(|| generate_state(ReportStateType::Complete))
-        .build();
+        .then_http_response(|| iam_error(409, "LimitExceeded"));
     let metrics = Arc::new(ExporterMetrics::new());
     let iam = client(&[&get, &generate], &metrics);
     credential_report(&iam, &metrics, REPORT_POLICY)
         .await
         .unwrap();
-    assert_eq!((get.num_calls(), generate.num_calls()), (2, 2));
+    // LimitExceeded: a generation is under way, and is polled for like one we started.
+    assert_eq!((get.num_calls(), generate.num_calls()), (2, 1));
     assert_eq!(
         errors(&metrics, "GenerateCredentialReport", "LimitExceeded"),
-        1
+        0
     );
 }
 
@@ -656,7 +648,11 @@ async fn a_report_in_progress_elsewhere_is_waited_for() {
     credential_report(&iam, &metrics, REPORT_POLICY)
         .await
         .unwrap();
-    assert_eq!((get.num_calls(), generate.num_calls()), (2, 1));
+    assert_eq!(
+        (get.num_calls(), generate.num_calls()),
+        (2, 0),
+        "no GenerateCredentialReport while one is in progress"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -711,6 +707,271 @@ async fn a_malformed_report_is_a_clear_error() {
     assert_eq!(
         err.to_string(),
         "credential report has no column \"mfa_active\""
+    );
+}
+
+/// IAM's credential report over the paused clock, to measure what each case costs. It
+/// holds a report generated some hours ago, or none; GenerateCredentialReport starts a
+/// generation that takes `takes` (STARTED), answers INPROGRESS while it runs and COMPLETE
+/// once a report younger than 4 hours exists; GetCredentialReport answers
+/// ReportInProgress while a generation runs, as IAM documents.
+struct ReportIam {
+    generated_hours_ago: Option<i64>,
+    /// When the generation under way finishes.
+    ready_at: Option<tokio::time::Instant>,
+    takes: Duration,
+}
+
+impl ReportIam {
+    fn new(generated_hours_ago: Option<i64>, takes: Duration) -> ReportIam {
+        ReportIam {
+            generated_hours_ago,
+            ready_at: None,
+            takes,
+        }
+    }
+
+    /// A generation someone else started, finishing after `takes`.
+    fn in_progress(takes: Duration) -> ReportIam {
+        ReportIam {
+            generated_hours_ago: None,
+            ready_at: Some(tokio::time::Instant::now() + takes),
+            takes,
+        }
+    }
+
+    fn finish_if_due(&mut self) {
+        if self
+            .ready_at
+            .is_some_and(|at| tokio::time::Instant::now() >= at)
+        {
+            self.ready_at = None;
+            self.generated_hours_ago = Some(0);
+        }
+    }
+}
+
+/// GetCredentialReport and GenerateCredentialReport calls and the time one
+/// `credential_report` takes against `iam`, and how old the report it returns is.
+async fn report_cost(iam: ReportIam) -> (usize, usize, Duration, Duration) {
+    use aws_smithy_mocks::MockResponse;
+    let state = Arc::new(std::sync::Mutex::new(iam));
+    let shared = state.clone();
+    let get = mock!(Client::get_credential_report).then_compute_response(move |_| {
+        let mut iam = shared.lock().unwrap();
+        iam.finish_if_due();
+        match (iam.ready_at, iam.generated_hours_ago) {
+            (Some(_), _) => MockResponse::Http(iam_error(404, "ReportInProgress")),
+            (None, Some(hours)) => MockResponse::Output(report_output(hours)),
+            (None, None) => MockResponse::Http(iam_error(410, "ReportNotPresent")),
+        }
+    });
+    let shared = state.clone();
+    let generate = mock!(Client::generate_credential_report).then_compute_response(move |_| {
+        let mut iam = shared.lock().unwrap();
+        iam.finish_if_due();
+        let state = if iam.ready_at.is_some() {
+            ReportStateType::Inprogress
+        } else if iam.generated_hours_ago.is_some_and(|hours| hours < 4) {
+            ReportStateType::Complete
+        } else {
+            iam.ready_at = Some(tokio::time::Instant::now() + iam.takes);
+            ReportStateType::Started
+        };
+        MockResponse::Output(generate_state(state))
+    });
+    let metrics = Arc::new(ExporterMetrics::new());
+    let client = client(&[&get, &generate], &metrics);
+    let started = tokio::time::Instant::now();
+    let report = credential_report(&client, &metrics, REPORT_POLICY)
+        .await
+        .unwrap();
+    let age = SystemTime::now()
+        .duration_since(report.generated_at)
+        .unwrap_or_default();
+    (
+        get.num_calls(),
+        generate.num_calls(),
+        started.elapsed(),
+        age,
+    )
+}
+
+const SECOND: Duration = Duration::from_secs(1);
+/// IAM finishing before the first poll, after a wait of 1 s.
+const QUICK: Duration = Duration::from_millis(500);
+/// IAM answering STARTED, then INPROGRESS at the 1 s poll, then COMPLETE at the 3 s one.
+const USUAL: Duration = Duration::from_secs(2);
+
+#[tokio::test(start_paused = true)]
+async fn cost_of_a_fresh_report_is_one_call() {
+    let (gets, generates, waited, age) = report_cost(ReportIam::new(Some(1), USUAL)).await;
+    assert_eq!((gets, generates, waited), (1, 0, Duration::ZERO));
+    assert!(age >= Duration::from_secs(3600), "the report IAM had");
+}
+
+#[tokio::test(start_paused = true)]
+async fn cost_of_a_report_older_than_the_maximum_age_is_three_or_four_calls() {
+    // GetCredentialReport (the old report), GenerateCredentialReport (STARTED), then
+    // GetCredentialReport once per poll until the new report is there.
+    let quick = report_cost(ReportIam::new(Some(5), QUICK)).await;
+    assert_eq!((quick.0, quick.1, quick.2), (2, 1, SECOND));
+    let usual = report_cost(ReportIam::new(Some(5), USUAL)).await;
+    assert_eq!((usual.0, usual.1, usual.2), (3, 1, 3 * SECOND));
+    assert!(usual.3 < Duration::from_secs(60), "the new report");
+}
+
+#[tokio::test(start_paused = true)]
+async fn cost_of_no_report_with_iams_started_inprogress_complete_is_four_calls() {
+    // GetCredentialReport (ReportNotPresent), GenerateCredentialReport (STARTED),
+    // GetCredentialReport at 1 s (ReportInProgress) and at 3 s (the report).
+    let usual = report_cost(ReportIam::new(None, USUAL)).await;
+    assert_eq!((usual.0, usual.1, usual.2), (3, 1, 3 * SECOND));
+    let quick = report_cost(ReportIam::new(None, QUICK)).await;
+    assert_eq!((quick.0, quick.1, quick.2), (2, 1, SECOND));
+}
+
+#[tokio::test(start_paused = true)]
+async fn cost_of_a_report_in_progress_is_two_or_three_calls() {
+    // A generation already under way is waited for without GenerateCredentialReport.
+    let quick = report_cost(ReportIam::in_progress(QUICK)).await;
+    assert_eq!((quick.0, quick.1, quick.2), (2, 0, SECOND));
+    let usual = report_cost(ReportIam::in_progress(USUAL)).await;
+    assert_eq!((usual.0, usual.1, usual.2), (3, 0, 3 * SECOND));
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_old_report_served_during_generation_is_not_taken_for_the_new_one() {
+    let get = mock!(Client::get_credential_report)
+        .sequence()
+        .output(|| report_output(5))
+        .times(2)
+        .output(|| report_output(0))
+        .build();
+    let generate = mock!(Client::generate_credential_report)
+        .then_output(|| generate_state(ReportStateType::Started));
+    let metrics = Arc::new(ExporterMetrics::new());
+    let iam = client(&[&get, &generate], &metrics);
+    let report = credential_report(&iam, &metrics, REPORT_POLICY)
+        .await
+        .unwrap();
+    let age = SystemTime::now().duration_since(report.generated_at);
+    assert!(
+        age.unwrap_or_default() < Duration::from_secs(60),
+        "the new one"
+    );
+    assert_eq!((get.num_calls(), generate.num_calls()), (3, 1));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_report_iam_will_not_regenerate_is_fetched_once_more() {
+    // A maximum age under IAM's 4 hours: IAM answers COMPLETE and keeps its report.
+    let get = mock!(Client::get_credential_report).then_output(|| report_output(2));
+    let generate = mock!(Client::generate_credential_report)
+        .then_output(|| generate_state(ReportStateType::Complete));
+    let metrics = Arc::new(ExporterMetrics::new());
+    let iam = client(&[&get, &generate], &metrics);
+    let policy = ReportPolicy {
+        max_age: Duration::from_secs(3600),
+        ..REPORT_POLICY
+    };
+    let started = tokio::time::Instant::now();
+    credential_report(&iam, &metrics, policy).await.unwrap();
+    assert_eq!((get.num_calls(), generate.num_calls()), (2, 1));
+    assert_eq!(
+        started.elapsed(),
+        Duration::ZERO,
+        "no wait for a new report"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_old_report_is_used_when_the_new_one_never_comes() {
+    let get = mock!(Client::get_credential_report).then_output(|| report_output(30));
+    let generate = mock!(Client::generate_credential_report)
+        .then_output(|| generate_state(ReportStateType::Started));
+    let metrics = Arc::new(ExporterMetrics::new());
+    let iam = client(&[&get, &generate], &metrics);
+    let started = tokio::time::Instant::now();
+    let report = credential_report(&iam, &metrics, REPORT_POLICY)
+        .await
+        .unwrap();
+    let age = SystemTime::now().duration_since(report.generated_at);
+    assert!(age.unwrap_or_default() >= Duration::from_secs(30 * 3600));
+    assert_eq!(started.elapsed(), REPORT_POLICY.timeout);
+    assert_eq!(generate.num_calls(), 1, "started once, never asked again");
+}
+
+/// Everything logged on this thread while the guard lives.
+#[derive(Clone, Default)]
+struct Logs(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Logs {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Logs {
+    fn capture(&self) -> tracing::subscriber::DefaultGuard {
+        let writer = self.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish();
+        tracing::subscriber::set_default(subscriber)
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+#[tokio::test]
+async fn a_user_on_two_report_rows_is_one_user_and_one_warning_over_refreshes() {
+    let get = mock!(Client::get_credential_report).then_output(|| {
+        let csv = report_csv();
+        let alice = csv.lines().last().unwrap().to_string();
+        GetCredentialReportOutput::builder()
+            .content(Blob::new(format!("{csv}{alice}\n")))
+            .report_format(ReportFormatType::TextCsv)
+            .generated_time(DateTime::from(SystemTime::now()))
+            .build()
+    });
+    let users = mock!(Client::list_users).then_output(|| {
+        ListUsersOutput::builder()
+            .users(user("alice"))
+            .build()
+            .unwrap()
+    });
+    let keys = mock!(Client::list_access_keys).then_output(|| {
+        ListAccessKeysOutput::builder()
+            .access_key_metadata(key("alice", "AKIAALICE000000001", StatusType::Active, 400))
+            .build()
+            .unwrap()
+    });
+    let metrics = Arc::new(ExporterMetrics::new());
+    let source = auto_source(client(&[&get, &users, &keys], &metrics));
+    let logs = Logs::default();
+    let _guard = logs.capture();
+    for _ in 0..3 {
+        let inventory = source.collect(&metrics).await.unwrap();
+        assert_eq!(inventory.users.len(), 1);
+        assert!(
+            inventory.users[0].keys[0].last_used.is_some(),
+            "from the report"
+        );
+    }
+    let logged = logs.text();
+    assert_eq!(
+        logged.matches("lists user \"alice\" on lines 3, 4").count(),
+        1,
+        "{logged}"
     );
 }
 

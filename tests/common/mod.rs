@@ -419,6 +419,40 @@ pub fn series_key(name: &str, labels: &[(&str, &str)]) -> String {
     format!("{name}{{{}}}", inner.join(","))
 }
 
+/// The series an exposition has more than once, by name and label set in any label order
+/// (Prometheus refuses the whole scrape then). Label values are read with their escapes,
+/// since a user name may hold a comma.
+pub fn duplicate_series(text: &str) -> Vec<String> {
+    let mut seen = std::collections::HashSet::new();
+    let mut twice = Vec::new();
+    for line in text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+    {
+        let (series, _value) = line.rsplit_once(' ').expect("series line");
+        let (name, mut rest) = series.split_once('{').unwrap_or((series, "}"));
+        let mut labels = Vec::new();
+        while let Some((label, after)) = rest.split_once("=\"") {
+            let mut value = String::new();
+            let mut chars = after.char_indices();
+            let end = loop {
+                match chars.next().expect("a closing quote") {
+                    (_, '\\') => value.push(chars.next().expect("an escaped character").1),
+                    (at, '"') => break at,
+                    (_, c) => value.push(c),
+                }
+            };
+            labels.push((label.trim_start_matches(',').to_string(), value));
+            rest = &after[end + 1..];
+        }
+        labels.sort();
+        if !seen.insert((name.to_string(), labels)) {
+            twice.push(series.to_string());
+        }
+    }
+    twice
+}
+
 /// `promtool check metrics` on `text`: its output, which must be empty for clean text.
 pub fn promtool_check_metrics(text: &str) -> Option<String> {
     let promtool = which("promtool")?;
