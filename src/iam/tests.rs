@@ -1185,8 +1185,24 @@ fn auto_source(iam: Client) -> crate::source::Source {
             .region(aws_sdk_sts::config::Region::from_static("us-east-1"))
             .build(),
     );
+    source_of(
+        crate::config::SourceKind::Auto,
+        Clients { iam, sts },
+        2,
+        Some(ACCOUNT.into()),
+    )
+}
+
+/// A source of `kind` over mocked clients, as the fleet builds one per account: the
+/// account id known up front (an assumed role) or `None` (asked of STS).
+fn source_of(
+    kind: crate::config::SourceKind,
+    clients: Clients,
+    concurrency: usize,
+    account_id: Option<String>,
+) -> crate::source::Source {
     let settings = crate::config::SourceSettings {
-        kind: crate::config::SourceKind::Auto,
+        kind,
         file: None,
         report_max_age: Duration::from_secs(4 * 3600),
         report_timeout: Duration::from_secs(60),
@@ -1198,7 +1214,7 @@ fn auto_source(iam: Client) -> crate::source::Source {
         exclude_users: vec![],
     };
     crate::source::Source::new(
-        crate::source::Origin::aws(Clients { iam, sts }, &settings, 2, Some(ACCOUNT.into())),
+        crate::source::Origin::aws(clients, &settings, concurrency, account_id),
         &filter,
         &crate::config::LabelSettings {
             mask_key_ids: false,
@@ -1337,4 +1353,448 @@ async fn a_truncated_page_fails_the_call_instead_of_losing_users() {
         .to_string();
     assert!(err.contains("ListUsers failed (response)"), "{err}");
     assert!(err.contains("root element"), "{err}");
+}
+
+// ---- What one refresh costs, per source, as the README's "Sources" table states ----
+
+/// Users in the account the cost tests refresh: three ListUsers pages of at most 1,000,
+/// and few enough that the tests take seconds (each mocked call costs about 1 ms).
+const MANY: usize = 2_100;
+/// ListUsers pages for `MANY` users: the exporter asks MaxItems=1000, IAM's largest.
+const MANY_PAGES: usize = MANY.div_ceil(1000);
+/// Keys of `MANY` users: user `i` has `i % 3` keys, so 0 + 1 + 2 per three users.
+const MANY_KEYS: usize = MANY;
+
+/// An account of `users` users named `user00000`...; user `i` has `i % 3` keys (none, as
+/// for a console user, one, or two, as mid-rotation): slot 1 created 400 days ago, Active,
+/// used 2 days ago in s3; slot 2 created 200 days ago, Inactive, used 30 days ago in iam.
+/// Its credential report was generated an hour ago and describes every key. `drifted`
+/// adds what a report can miss, each costing `auto` one GetAccessKeyLastUsed per key it
+/// concerns:
+/// - users 5, 65, 125, ... (two keys) rotated slot 2 since the report: a key created a
+///   minute ago, which no report slot's `last_rotated` matches: 35 keys at 2,100 users;
+/// - users 4, 94, 184, ... (one key) have a report slot with a last-use date but neither
+///   service nor region: 24 keys;
+/// - the last 6 users were created after the report and are not in it: 0 + 1 + 2 + 0 +
+///   1 + 2 = 6 keys.
+#[derive(Clone, Copy)]
+struct Population {
+    users: usize,
+    drifted: bool,
+}
+
+impl Population {
+    fn name(i: usize) -> String {
+        format!("user{i:05}")
+    }
+
+    fn index(name: &str) -> usize {
+        name.strip_prefix("user").unwrap().parse().unwrap()
+    }
+
+    fn key_id(i: usize, slot: &str) -> String {
+        format!("AKIAMANY{i:05}{slot}")
+    }
+
+    fn key_count(i: usize) -> usize {
+        i % 3
+    }
+
+    fn rotated_since_report(self, i: usize) -> bool {
+        self.drifted && i % 60 == 5
+    }
+
+    fn used_without_service(self, i: usize) -> bool {
+        self.drifted && i % 90 == 4
+    }
+
+    fn created_since_report(self, i: usize) -> bool {
+        self.drifted && i >= self.users - 6
+    }
+
+    /// User `i`'s keys as ListAccessKeys lists them.
+    fn keys(self, i: usize) -> Vec<AccessKeyMetadata> {
+        let name = Self::name(i);
+        let mut keys = Vec::new();
+        if Self::key_count(i) >= 1 {
+            keys.push(key(
+                &name,
+                &Self::key_id(i, "SLOT1"),
+                StatusType::Active,
+                400,
+            ));
+        }
+        if Self::key_count(i) == 2 {
+            keys.push(if self.rotated_since_report(i) {
+                AccessKeyMetadata::builder()
+                    .user_name(&name)
+                    .access_key_id(Self::key_id(i, "NEWK2"))
+                    .status(StatusType::Active)
+                    .create_date(DateTime::from(SystemTime::now() - Duration::from_secs(60)))
+                    .build()
+            } else {
+                key(&name, &Self::key_id(i, "SLOT2"), StatusType::Inactive, 200)
+            });
+        }
+        keys
+    }
+
+    fn key_ids(self, keep: impl Fn(usize, &str) -> bool) -> Vec<String> {
+        let mut ids: Vec<String> = (0..self.users)
+            .flat_map(|i| {
+                self.keys(i)
+                    .into_iter()
+                    .map(move |k| (i, k.access_key_id.unwrap()))
+            })
+            .filter(|(i, id)| keep(*i, id))
+            .map(|(_, id)| id)
+            .collect();
+        ids.sort();
+        ids
+    }
+
+    fn all_keys(self) -> Vec<String> {
+        self.key_ids(|_, _| true)
+    }
+
+    /// The keys the report cannot describe, which `auto` asks GetAccessKeyLastUsed about.
+    fn undescribed_keys(self) -> Vec<String> {
+        self.key_ids(|i, id| {
+            self.created_since_report(i)
+                || (self.used_without_service(i) && id.ends_with("SLOT1"))
+                || id.ends_with("NEWK2")
+        })
+    }
+
+    /// One ListUsers page of at most `max_items` users, after `marker`.
+    fn users_page(self, marker: Option<&str>, max_items: usize) -> ListUsersOutput {
+        let start = marker.map_or(0, |m| m.strip_prefix("next-").unwrap().parse().unwrap());
+        let end = (start + max_items).min(self.users);
+        let page = ListUsersOutput::builder()
+            .set_users(Some((start..end).map(|i| user(&Self::name(i))).collect()))
+            .is_truncated(end < self.users);
+        let page = if end < self.users {
+            page.marker(format!("next-{end}"))
+        } else {
+            page
+        };
+        page.build().unwrap()
+    }
+
+    /// The credential report: the root row of `report_csv`, then every user but those
+    /// created since it.
+    fn report(self) -> GetCredentialReportOutput {
+        let root = report_csv().lines().nth(1).unwrap().to_string();
+        let mut csv = format!("{REPORT_HEADER}\n{root}\n");
+        for i in (0..self.users).filter(|&i| !self.created_since_report(i)) {
+            let name = Self::name(i);
+            let slot1 = if Self::key_count(i) >= 1 {
+                let (region, service) = if self.used_without_service(i) {
+                    ("N/A", "N/A")
+                } else {
+                    ("eu-west-1", "s3")
+                };
+                format!(
+                    "true,{},{},{region},{service}",
+                    iso(NOW - 400 * DAY),
+                    iso(NOW - 2 * DAY)
+                )
+            } else {
+                "false,N/A,N/A,N/A,N/A".to_string()
+            };
+            // A slot rotated since the report still shows the old key's dates.
+            let slot2 = if Self::key_count(i) == 2 {
+                format!(
+                    "false,{},{},us-east-1,iam",
+                    iso(NOW - 200 * DAY),
+                    iso(NOW - 30 * DAY)
+                )
+            } else {
+                "false,N/A,N/A,N/A,N/A".to_string()
+            };
+            csv.push_str(&format!(
+                "{name},{},{},false,N/A,N/A,N/A,false,{slot1},{slot2},false,N/A,false,N/A\n",
+                arn(&name),
+                iso(NOW - 1000 * DAY),
+            ));
+        }
+        GetCredentialReportOutput::builder()
+            .content(Blob::new(csv))
+            .report_format(ReportFormatType::TextCsv)
+            .generated_time(DateTime::from(
+                SystemTime::now() - Duration::from_secs(3600),
+            ))
+            .build()
+    }
+
+    /// The account's IAM: the report, ListUsers only as the exporter asks it
+    /// (MaxItems=1000), ListAccessKeys, and GetAccessKeyLastUsed recording the key ids it
+    /// is asked about into `asked`. GetAccountSummary comes with `client`.
+    fn rules(self, asked: &Arc<std::sync::Mutex<Vec<String>>>) -> Vec<Rule> {
+        let asked = asked.clone();
+        vec![
+            mock!(Client::get_credential_report).then_compute_output(move |_| self.report()),
+            mock!(Client::list_users)
+                .match_requests(|r| r.max_items() == Some(1000))
+                .then_compute_output(move |r| self.users_page(r.marker(), 1000)),
+            mock!(Client::list_access_keys).then_compute_output(move |r| {
+                let i = Self::index(r.user_name().unwrap());
+                ListAccessKeysOutput::builder()
+                    .set_access_key_metadata(Some(self.keys(i)))
+                    .build()
+                    .unwrap()
+            }),
+            mock!(Client::get_access_key_last_used).then_compute_output(move |r| {
+                asked
+                    .lock()
+                    .unwrap()
+                    .push(r.access_key_id().unwrap().to_string());
+                last_used(Some(1))
+            }),
+        ]
+    }
+}
+
+/// Every request the interceptor counted, by operation: an operation missing here was
+/// never called.
+fn all_requests(metrics: &ExporterMetrics) -> std::collections::BTreeMap<String, u64> {
+    use prometheus::core::Collector;
+    let mut counted = std::collections::BTreeMap::new();
+    for family in metrics.aws_requests_total.collect() {
+        for metric in family.get_metric() {
+            let operation = metric.get_label()[0].value().to_string();
+            counted.insert(operation, metric.get_counter().get_value() as u64);
+        }
+    }
+    counted
+}
+
+/// An STS client answering `rules` and counting its requests. (`mock_client!` needs the
+/// SDK's `test-util` feature, which only the IAM crate has here.)
+fn sts_client(rules: &[&Rule], metrics: &Arc<ExporterMetrics>) -> aws_sdk_sts::Client {
+    let mut mock = aws_smithy_mocks::MockResponseInterceptor::new().rule_mode(RuleMode::MatchAny);
+    for rule in rules {
+        mock = mock.with_rule(rule);
+    }
+    aws_sdk_sts::Client::from_conf(
+        aws_sdk_sts::Config::builder()
+            .behavior_version(aws_sdk_sts::config::BehaviorVersion::latest())
+            .region(aws_sdk_sts::config::Region::from_static("us-east-1"))
+            .credentials_provider(aws_sdk_sts::config::Credentials::new(
+                "AKIDTEST", "test", None, None, "test",
+            ))
+            .http_client(aws_smithy_mocks::create_mock_http_client())
+            .interceptor(mock)
+            .interceptor(CountRequests {
+                metrics: metrics.clone(),
+            })
+            .build(),
+    )
+}
+
+fn counts(pairs: &[(&str, u64)]) -> std::collections::BTreeMap<String, u64> {
+    pairs.iter().map(|(op, n)| (op.to_string(), *n)).collect()
+}
+
+/// One refresh of `population` by a source of `kind` (account id known, as for an assumed
+/// role): its requests by operation, the GetAccessKeyLastUsed key ids asked (sorted), and
+/// the inventory.
+async fn refresh_cost(
+    kind: crate::config::SourceKind,
+    population: Population,
+) -> (
+    std::collections::BTreeMap<String, u64>,
+    Vec<String>,
+    crate::inventory::Inventory,
+) {
+    let asked = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let rules = population.rules(&asked);
+    let metrics = Arc::new(ExporterMetrics::new());
+    let iam = client(&rules.iter().collect::<Vec<_>>(), &metrics);
+    let sts = sts_client(&[], &metrics);
+    let source = source_of(kind, Clients { iam, sts }, 4, Some(ACCOUNT.into()));
+    let inventory = source.collect(&metrics).await.unwrap();
+    let mut asked = asked.lock().unwrap().clone();
+    asked.sort();
+    (all_requests(&metrics), asked, inventory)
+}
+
+/// True when `key`'s last use is the one `Population::report` gives (2 or 30 days ago),
+/// not GetAccessKeyLastUsed's (1 day ago).
+fn from_report(key: &crate::inventory::AccessKey) -> bool {
+    key.last_used
+        .as_ref()
+        .is_some_and(|used| used.at == at(NOW - 2 * DAY) || used.at == at(NOW - 30 * DAY))
+}
+
+fn total(counted: &std::collections::BTreeMap<String, u64>) -> u64 {
+    counted.values().sum()
+}
+
+#[tokio::test]
+async fn cost_of_an_auto_refresh_is_pages_plus_users_plus_two() {
+    let population = Population {
+        users: MANY,
+        drifted: false,
+    };
+    let (counted, asked, inventory) =
+        refresh_cost(crate::config::SourceKind::Auto, population).await;
+
+    // GetCredentialReport + GetAccountSummary + ListUsers pages + ListAccessKeys per user,
+    // and no GetAccessKeyLastUsed: the fresh report describes every key.
+    assert_eq!(
+        counted,
+        counts(&[
+            ("GetAccountSummary", 1),
+            ("GetCredentialReport", 1),
+            ("ListAccessKeys", MANY as u64),
+            ("ListUsers", MANY_PAGES as u64),
+        ])
+    );
+    assert_eq!(total(&counted), 1 + 1 + 3 + 2_100);
+    assert!(asked.is_empty(), "{asked:?}");
+
+    assert_eq!(inventory.users.len(), MANY);
+    let keys: Vec<&crate::inventory::AccessKey> =
+        inventory.users.iter().flat_map(|u| &u.keys).collect();
+    assert_eq!(keys.len(), MANY_KEYS);
+    assert!(
+        keys.iter().all(|k| from_report(k)),
+        "every last use from the report"
+    );
+    let mut ids: Vec<String> = keys.iter().map(|k| k.id.clone()).collect();
+    ids.sort();
+    assert_eq!(ids, population.all_keys(), "ids from the API");
+}
+
+#[tokio::test]
+async fn cost_of_an_auto_refresh_adds_one_call_per_key_the_report_cannot_describe() {
+    let population = Population {
+        users: MANY,
+        drifted: true,
+    };
+    let undescribed = population.undescribed_keys();
+    // 35 keys rotated since the report, 24 report slots without service and region, and
+    // the 6 keys of the 6 users created since the report.
+    assert_eq!(undescribed.len(), 35 + 24 + 6);
+    let (counted, asked, inventory) =
+        refresh_cost(crate::config::SourceKind::Auto, population).await;
+
+    assert_eq!(
+        counted,
+        counts(&[
+            ("GetAccessKeyLastUsed", 65),
+            ("GetAccountSummary", 1),
+            ("GetCredentialReport", 1),
+            ("ListAccessKeys", MANY as u64),
+            ("ListUsers", MANY_PAGES as u64),
+        ])
+    );
+    assert_eq!(total(&counted), 1 + 1 + 3 + 2_100 + 65);
+    assert_eq!(
+        asked, undescribed,
+        "exactly the keys the report cannot describe, once each"
+    );
+
+    assert_eq!(
+        inventory.users.len(),
+        MANY,
+        "users since the report included"
+    );
+    let keys: Vec<&crate::inventory::AccessKey> =
+        inventory.users.iter().flat_map(|u| &u.keys).collect();
+    let mut ids: Vec<String> = keys.iter().map(|k| k.id.clone()).collect();
+    ids.sort();
+    assert_eq!(ids, population.all_keys());
+    for key in keys {
+        assert_eq!(
+            from_report(key),
+            undescribed.binary_search(&key.id).is_err(),
+            "{key:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn cost_of_an_api_refresh_is_pages_plus_users_plus_keys_plus_one() {
+    let population = Population {
+        users: MANY,
+        drifted: false,
+    };
+    let (counted, asked, inventory) =
+        refresh_cost(crate::config::SourceKind::Api, population).await;
+
+    // ListUsers pages + ListAccessKeys per user + GetAccessKeyLastUsed per key +
+    // GetAccountSummary; no credential report.
+    assert_eq!(
+        counted,
+        counts(&[
+            ("GetAccessKeyLastUsed", MANY_KEYS as u64),
+            ("GetAccountSummary", 1),
+            ("ListAccessKeys", MANY as u64),
+            ("ListUsers", MANY_PAGES as u64),
+        ])
+    );
+    assert_eq!(total(&counted), 3 + 2_100 + 2_100 + 1);
+    assert_eq!(asked, population.all_keys(), "every key, once");
+    assert_eq!(inventory.users.len(), MANY);
+}
+
+#[tokio::test]
+async fn cost_of_a_credential_report_refresh_is_one_call_at_any_size() {
+    let population = Population {
+        users: MANY,
+        drifted: false,
+    };
+    let (counted, asked, inventory) =
+        refresh_cost(crate::config::SourceKind::CredentialReport, population).await;
+
+    // Not even GetAccountSummary: the root row answers for root keys.
+    assert_eq!(counted, counts(&[("GetCredentialReport", 1)]));
+    assert!(asked.is_empty());
+    assert_eq!(inventory.users.len(), MANY);
+    assert_eq!(inventory.account.root_access_keys_present, Some(true));
+}
+
+#[tokio::test]
+async fn cost_of_the_own_account_id_is_one_get_caller_identity_per_source_not_per_refresh() {
+    use aws_sdk_sts::operation::get_caller_identity::GetCallerIdentityOutput;
+    let population = Population {
+        users: 3,
+        drifted: false,
+    };
+    let asked = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let rules = population.rules(&asked);
+    let metrics = Arc::new(ExporterMetrics::new());
+    let iam = client(&rules.iter().collect::<Vec<_>>(), &metrics);
+    let identity = mock!(aws_sdk_sts::Client::get_caller_identity).then_output(|| {
+        GetCallerIdentityOutput::builder()
+            .account(ACCOUNT)
+            .arn(format!("arn:aws:iam::{ACCOUNT}:user/exporter"))
+            .build()
+    });
+    let sts = sts_client(&[&identity], &metrics);
+    // The own account: no role, so its id is not known up front.
+    let source = source_of(
+        crate::config::SourceKind::Api,
+        Clients { iam, sts },
+        4,
+        None,
+    );
+    for _ in 0..3 {
+        let inventory = source.collect(&metrics).await.unwrap();
+        assert_eq!(inventory.account_id, ACCOUNT);
+    }
+    // Per refresh: 1 page + 3 users + 3 keys + 1 = 8 IAM calls; STS once in all.
+    assert_eq!(
+        all_requests(&metrics),
+        counts(&[
+            ("GetAccessKeyLastUsed", 3 * 3),
+            ("GetAccountSummary", 3),
+            ("GetCallerIdentity", 1),
+            ("ListAccessKeys", 3 * 3),
+            ("ListUsers", 3),
+        ])
+    );
+    assert_eq!(identity.num_calls(), 1);
 }
