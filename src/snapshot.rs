@@ -1,24 +1,36 @@
 //! A snapshot: one complete inventory rendered to exposition text, once, when it is built.
-//! Scrapes serve these bytes; they never format or call AWS.
+//! Scrapes serve these bytes; they never format or call AWS. Whatever repeats the sources
+//! hand over, no exposition holds two series with the same name and labels (Prometheus
+//! rejects the whole scrape when one does): see `Snapshot::build`.
 
+use std::borrow::Cow;
+use std::collections::hash_map::Entry;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::io::Write;
 use std::time::SystemTime;
 
-use std::io::Write;
-
 use crate::exposition::GzipPrefix;
-use std::collections::BTreeMap;
-
 use crate::inventory::{
-    AccessKey, AccountData, Inventory, KeyStatus, Login, ServiceCounts, User, unix_seconds,
+    AccessKey, AccountData, Inventory, KeyStatus, Login, ServiceCounts, TagLabels, User,
+    unix_seconds,
 };
 use crate::metrics::Family;
 use bytes::Bytes;
 
 #[derive(Debug, Clone)]
 pub struct Snapshot {
+    /// Accounts rendered: distinct account ids with an inventory.
     pub accounts: usize,
+    /// IAM users rendered (the root user is not one), each once.
     pub users: usize,
+    /// Their access keys rendered, each once.
     pub keys: usize,
+    /// Repeats left out: an account id, a user or a key met again after its first
+    /// occurrence (see `build`). Zero when the sources are consistent.
+    pub duplicates_dropped: usize,
+    /// Keys of one user whose masked ids were equal, rendered with `#2`, `#3`... after
+    /// their `access_key_id` (see `build`).
+    pub key_ids_disambiguated: usize,
     /// The inventory's series in the Prometheus text format.
     pub exposition: Bytes,
     /// The same, compressed once for every gzip response built from this snapshot.
@@ -29,6 +41,29 @@ impl Snapshot {
     /// Renders every account's inventory with its latest service counts and tags. Counts
     /// and tags of users no longer in an inventory are not rendered, so a deleted user's
     /// series vanish with the user.
+    ///
+    /// Every series is rendered once, whatever the sources repeat (a report listing a
+    /// user on two rows, two configured entries for one account, a key listed twice).
+    /// Identities are coarser than label sets, so that joins stay one-to-one too: an
+    /// account is its id, a user its account id and name, a key its user and
+    /// `access_key_id`; `account_name`, tags and last use are facts about them. The first
+    /// occurrence in rendering order (accounts in map order; in each, users, then the
+    /// root user; their keys in order) wins, which keeps the choice the same from one
+    /// snapshot to the next:
+    /// - an account id met again adds only what the first entry lacks: an account series
+    ///   comes from the first entry that has it, and its users join the first entry's;
+    /// - a user met again keeps the first occurrence's tags, counts and console facts,
+    ///   and its keys join the first occurrence's: keys are what the alerts are about,
+    ///   and a repeated user must not hide one;
+    /// - a key id met again for the same user is the same key (key ids are unique, and
+    ///   so are the report's slot names on one row) and is left out. Not so a masked id
+    ///   (`filter::mask_key_ids` keeps four characters): two different keys of a user can
+    ///   mask alike, and leaving one out could hide an old active key behind a new one,
+    ///   so the later one is rendered as `AKIA****WXYZ#2` (then `#3`...). Masked keys
+    ///   equal in every field cannot be told apart and are left out as repeats.
+    ///
+    /// This costs one hash per account and per user, and for each key a look at the few
+    /// keys of its user rendered before it; the text is never read back.
     pub fn build(accounts: &BTreeMap<String, AccountData>) -> Snapshot {
         let views: Vec<View> = accounts
             .values()
@@ -39,11 +74,16 @@ impl Snapshot {
                 })
             })
             .collect();
-        let exposition = Bytes::from(render(&views));
+        let mut tally = Tally::default();
+        let users = user_rows(&views, &mut tally);
+        let keys = key_rows(&users, &mut tally);
+        let exposition = Bytes::from(render(&views, &users, &keys));
         Snapshot {
-            accounts: views.len(),
-            users: views.iter().map(|v| v.inventory.users.len()).sum(),
-            keys: views.iter().map(|v| v.inventory.key_count()).sum(),
+            accounts: tally.accounts,
+            users: users.iter().filter(|u| !u.root).count(),
+            keys: keys.iter().filter(|k| !k.user.root).count(),
+            duplicates_dropped: tally.duplicates_dropped,
+            key_ids_disambiguated: tally.key_ids_disambiguated,
             gzip_prefix: GzipPrefix::new(&exposition),
             exposition,
         }
@@ -56,115 +96,234 @@ struct View<'a> {
     data: &'a AccountData,
 }
 
-/// A user with what every one of its series needs.
+/// A user with what every one of its series needs: the first occurrence of its identity
+/// (account id and name), and the later ones whose keys join it.
 struct UserRow<'a> {
     account: &'a str,
     /// Ages are computed as of the account's refresh.
     now: SystemTime,
     user: &'a User,
-    tags: &'a [(String, String)],
+    root: bool,
+    tags: Cow<'a, [(String, String)]>,
     counts: Option<&'a ServiceCounts>,
+    /// Later occurrences, with their refresh time; empty (and unallocated) but for
+    /// inconsistent sources.
+    more: Vec<(&'a User, SystemTime)>,
+}
+
+/// A key with its user and the `access_key_id` it is rendered with.
+struct KeyRow<'a> {
+    user: &'a UserRow<'a>,
+    key: &'a AccessKey,
+    now: SystemTime,
+    label: Cow<'a, str>,
+}
+
+/// What `build` counts besides the rows.
+#[derive(Default)]
+struct Tally {
+    accounts: usize,
+    duplicates_dropped: usize,
+    key_ids_disambiguated: usize,
+}
+
+/// Every user once, in rendering order, later occurrences merged into the first.
+fn user_rows<'a>(views: &[View<'a>], tally: &mut Tally) -> Vec<UserRow<'a>> {
+    let capacity = views.iter().map(|v| v.inventory.users.len() + 1).sum();
+    let mut rows: Vec<UserRow> = Vec::with_capacity(capacity);
+    // Account id → user name → its row.
+    let mut seen: HashMap<&str, HashMap<&str, usize>> = HashMap::with_capacity(views.len());
+    for view in views {
+        let inventory = view.inventory;
+        let account = inventory.account_id.as_str();
+        let now = inventory.collected_at;
+        let names = match seen.entry(account) {
+            Entry::Occupied(entry) => {
+                tally.duplicates_dropped += 1;
+                entry.into_mut()
+            }
+            Entry::Vacant(entry) => entry.insert(HashMap::with_capacity(inventory.users.len() + 1)),
+        };
+        let users = inventory.users.iter().map(|user| (user, false));
+        let root = inventory.account.root.iter().map(|user| (user, true));
+        for (user, root) in users.chain(root) {
+            match names.entry(user.name.as_str()) {
+                Entry::Occupied(first) => {
+                    tally.duplicates_dropped += 1;
+                    rows[*first.get()].more.push((user, now));
+                }
+                Entry::Vacant(slot) => {
+                    slot.insert(rows.len());
+                    rows.push(UserRow {
+                        account,
+                        now,
+                        user,
+                        root,
+                        tags: tag_labels(view.data.tags.get(&user.arn)),
+                        counts: view.data.service_counts.get(&user.arn),
+                        more: Vec::new(),
+                    });
+                }
+            }
+        }
+    }
+    tally.accounts = seen.len();
+    rows
+}
+
+/// Every user's keys once, each user's together, with the label each is rendered with.
+/// A user has two keys at most in IAM, and the look at its earlier keys only sees those
+/// kept, so repeats of them cost no more than that.
+fn key_rows<'a>(users: &'a [UserRow<'a>], tally: &mut Tally) -> Vec<KeyRow<'a>> {
+    let occurrences = |user: &'a UserRow<'a>| {
+        std::iter::once((user.user, user.now)).chain(user.more.iter().copied())
+    };
+    let capacity = users
+        .iter()
+        .flat_map(occurrences)
+        .map(|(user, _)| user.keys.len())
+        .sum();
+    let mut rows: Vec<KeyRow> = Vec::with_capacity(capacity);
+    for user in users {
+        let start = rows.len();
+        for (owner, now) in occurrences(user) {
+            for key in &owner.keys {
+                let id = key.id.as_str();
+                let earlier = &rows[start..];
+                let taken = |label: &str| earlier.iter().any(|row| row.label == label);
+                let label = if !taken(id) {
+                    Cow::Borrowed(id)
+                } else if !is_masked(id) || earlier.iter().any(|row| row.key == key) {
+                    tally.duplicates_dropped += 1;
+                    continue;
+                } else {
+                    tally.key_ids_disambiguated += 1;
+                    let mut n = 2;
+                    while taken(&format!("{id}#{n}")) {
+                        n += 1;
+                    }
+                    Cow::Owned(format!("{id}#{n}"))
+                };
+                rows.push(KeyRow {
+                    user,
+                    key,
+                    now,
+                    label,
+                });
+            }
+        }
+    }
+    rows
+}
+
+/// Whether a key id is as `filter::mask_key_ids` shows it, `AKIA****WXYZ`. Key ids and
+/// slot names never hold `*`.
+fn is_masked(id: &str) -> bool {
+    id.len() == 12 && id.get(4..8) == Some("****")
+}
+
+/// A user's tag labels as its series carry them: sorted by name, each name once (a name
+/// twice on one series makes Prometheus reject the scrape). `inventory::tag_labels` makes
+/// them so; anything else is sorted and cut here, once per user, keeping each name's
+/// first value.
+fn tag_labels(tags: Option<&TagLabels>) -> Cow<'_, [(String, String)]> {
+    let tags = tags.map_or(&[][..], Vec::as_slice);
+    if tags.windows(2).all(|pair| pair[0].0 < pair[1].0) {
+        return Cow::Borrowed(tags);
+    }
+    let mut sorted = tags.to_vec();
+    sorted.sort_by(|a, b| a.0.cmp(&b.0));
+    sorted.dedup_by(|later, first| later.0 == first.0);
+    Cow::Owned(sorted)
+}
+
+/// Each account id's first sample of an account family (see `Snapshot::build`).
+fn once_per_account<'v, 'a: 'v, T>(
+    views: &'v [View<'a>],
+    mut sample: impl FnMut(&'v View<'a>) -> Option<T>,
+) -> impl Iterator<Item = T> {
+    let mut seen: HashSet<&'a str> = HashSet::with_capacity(views.len());
+    views.iter().filter_map(move |view| {
+        let value = sample(view)?;
+        seen.insert(view.inventory.account_id.as_str())
+            .then_some(value)
+    })
 }
 
 /// Writes the inventory's families, each only if it has a sample, in name order; labels
 /// in name order, as the Prometheus client libraries write them.
-fn render(views: &[View]) -> Vec<u8> {
+fn render(views: &[View], users: &[UserRow], keys: &[KeyRow]) -> Vec<u8> {
     use crate::metrics::*;
-    let no_tags: &[(String, String)] = &[];
-    let users: Vec<UserRow> = views
-        .iter()
-        .flat_map(|view| {
-            let inventory = view.inventory;
-            let data = view.data;
-            inventory
-                .users
-                .iter()
-                .chain(&inventory.account.root)
-                .map(move |user| UserRow {
-                    account: inventory.account_id.as_str(),
-                    now: inventory.collected_at,
-                    user,
-                    tags: data.tags.get(&user.arn).map_or(no_tags, Vec::as_slice),
-                    counts: data.service_counts.get(&user.arn),
-                })
-        })
-        .collect();
-    let keys = || {
-        users
-            .iter()
-            .flat_map(|u| u.user.keys.iter().map(move |k| (u, k)))
-    };
-    let key_count: usize = users.iter().map(|u| u.user.keys.len()).sum();
+    let keys = || keys.iter();
 
     // About 115 bytes a series, 8 series a key: sized once, never regrown.
-    let mut text = Text(Vec::with_capacity(4096 + key_count * 8 * 120));
+    let mut text = Text(Vec::with_capacity(4096 + keys().len() * 8 * 120));
     text.family(
         &KEY_ACTIVE,
-        keys().map(|(u, k)| (key_labels(u, k), flag(k.status == KeyStatus::Active))),
+        keys().map(|k| (key_labels(k), flag(k.key.status == KeyStatus::Active))),
     );
     text.family(
         &KEY_AGE_SECONDS,
-        keys().map(|(u, k)| (key_labels(u, k), k.age(u.now).as_secs_f64().floor())),
+        keys().map(|k| (key_labels(k), k.key.age(k.now).as_secs_f64().floor())),
     );
     text.family(
         &KEY_CREATED_TIMESTAMP_SECONDS,
-        keys().map(|(u, k)| (key_labels(u, k), unix_seconds(k.created))),
+        keys().map(|k| (key_labels(k), unix_seconds(k.key.created))),
     );
     text.family(
         &KEY_IDLE_SECONDS,
-        keys().map(|(u, k)| (key_labels(u, k), k.idle(u.now).as_secs_f64().floor())),
+        keys().map(|k| (key_labels(k), k.key.idle(k.now).as_secs_f64().floor())),
     );
     text.family(
         &KEY_LAST_USED_INFO,
-        keys().filter_map(|(u, k)| {
-            let used = k.last_used.as_ref()?;
+        keys().filter_map(|k| {
+            let used = k.key.last_used.as_ref()?;
             let labels = Labels {
                 fixed: [
-                    ("access_key_id", k.id.as_str()),
-                    ("account_id", u.account),
+                    ("access_key_id", k.label.as_ref()),
+                    ("account_id", k.user.account),
                     ("last_used_region", used.region.as_str()),
                     ("last_used_service", used.service.as_str()),
                 ],
-                tags: u.tags,
-                user: Some(u.user.name.as_str()),
+                tags: &k.user.tags,
+                user: Some(k.user.user.name.as_str()),
             };
             Some((labels, 1.0))
         }),
     );
     text.family(
         &KEY_LAST_USED_TIMESTAMP_SECONDS,
-        keys()
-            .filter_map(|(u, k)| Some((key_labels(u, k), unix_seconds(k.last_used.as_ref()?.at)))),
+        keys().filter_map(|k| Some((key_labels(k), unix_seconds(k.key.last_used.as_ref()?.at)))),
     );
     text.family(
         &KEY_NEVER_USED,
-        keys().map(|(u, k)| (key_labels(u, k), flag(k.last_used.is_none()))),
+        keys().map(|k| (key_labels(k), flag(k.key.last_used.is_none()))),
     );
 
     text.family(
         &ACCOUNT_INFO,
-        views.iter().map(|view| {
+        once_per_account(views, |view| {
             let labels = Labels {
                 fixed: [
                     ("account_id", view.inventory.account_id.as_str()),
                     ("account_name", view.data.name.as_deref().unwrap_or("")),
                 ],
-                tags: no_tags,
+                tags: &[],
                 user: None,
             };
-            (labels, 1.0)
+            Some((labels, 1.0))
         }),
     );
     text.family(
         &CREDENTIAL_REPORT_GENERATED_TIMESTAMP_SECONDS,
-        views.iter().filter_map(|view| {
+        once_per_account(views, |view| {
             let at = view.inventory.account.report_generated_at?;
             Some((account_labels(view), unix_seconds(at)))
         }),
     );
     text.family(
         &ROOT_ACCESS_KEYS_PRESENT,
-        views.iter().filter_map(|view| {
+        once_per_account(views, |view| {
             let present = view.inventory.account.root_access_keys_present?;
             Some((account_labels(view), flag(present)))
         }),
@@ -210,21 +369,21 @@ fn account_labels<'a>(view: &View<'a>) -> Labels<'a, 1> {
     }
 }
 
-fn key_labels<'a>(u: &'a UserRow, key: &'a AccessKey) -> Labels<'a, 2> {
+fn key_labels<'a>(k: &'a KeyRow) -> Labels<'a, 2> {
     Labels {
         fixed: [
-            ("access_key_id", key.id.as_str()),
-            ("account_id", u.account),
+            ("access_key_id", k.label.as_ref()),
+            ("account_id", k.user.account),
         ],
-        tags: u.tags,
-        user: Some(u.user.name.as_str()),
+        tags: &k.user.tags,
+        user: Some(k.user.user.name.as_str()),
     }
 }
 
 fn user_labels<'a>(u: &'a UserRow) -> Labels<'a, 1> {
     Labels {
         fixed: [("account_id", u.account)],
-        tags: u.tags,
+        tags: &u.tags,
         user: Some(u.user.name.as_str()),
     }
 }
@@ -446,6 +605,8 @@ mod tests {
             (snapshot.accounts, snapshot.users, snapshot.keys),
             (2, 3, 4)
         );
+        // One user name in two accounts is two users.
+        assert_eq!(snapshot.duplicates_dropped, 0);
         let text = text(&snapshot);
 
         // One HELP and TYPE per family, however many accounts.
@@ -480,5 +641,679 @@ mod tests {
             .filter(|l| l.starts_with("aws_iam_access_key_active{"))
             .collect();
         assert_eq!(active.len(), 4);
+    }
+
+    #[test]
+    fn a_user_listed_twice_renders_once_with_its_first_facts_and_every_key() {
+        let mut inventory = sample();
+        let mut again = inventory.users[0].clone();
+        again.arn = "arn:aws:iam::123456789012:user/elsewhere/ci-bot".into();
+        again.keys[0].id = "AKIAAAAAAAAAAAAAAAA3".into();
+        again.keys[1].last_used = again.keys[0].last_used.clone(); // same id, other facts
+        inventory.users.push(again);
+        let mut tags = TagsByArn::new();
+        tags.insert(
+            inventory.users[0].arn.clone(),
+            vec![("tag_team".into(), "first".into())],
+        );
+        tags.insert(
+            inventory.users[2].arn.clone(),
+            vec![("tag_team".into(), "second".into())],
+        );
+        let all = accounts(vec![(inventory, ServiceCountsByArn::new(), tags)]);
+        let snapshot = Snapshot::build(&all);
+        assert_eq!(
+            (snapshot.users, snapshot.keys, snapshot.duplicates_dropped),
+            (2, 3, 2)
+        );
+        let text = text(&snapshot);
+        let active: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("aws_iam_access_key_active{"))
+            .collect();
+        let labels = |id| {
+            format!(
+                "{{access_key_id=\"{id}\",account_id=\"123456789012\",tag_team=\"first\",user=\"ci-bot\"}}"
+            )
+        };
+        assert_eq!(
+            active,
+            [
+                format!(
+                    "aws_iam_access_key_active{} 1",
+                    labels("AKIAAAAAAAAAAAAAAAA1")
+                ),
+                format!(
+                    "aws_iam_access_key_active{} 0",
+                    labels("AKIAAAAAAAAAAAAAAAA2")
+                ),
+                format!(
+                    "aws_iam_access_key_active{} 1",
+                    labels("AKIAAAAAAAAAAAAAAAA3")
+                ),
+            ]
+        );
+        // The first occurrence's facts about the repeated key.
+        let never_used = labels("AKIAAAAAAAAAAAAAAAA2");
+        assert!(text.contains(&format!("aws_iam_access_key_never_used{never_used} 1\n")));
+    }
+
+    #[test]
+    fn two_entries_for_one_account_render_it_once() {
+        let first = sample();
+        let mut second = sample();
+        second.users[1].keys = vec![second.users[0].keys[1].clone()];
+        second.users[1].name = "someone".into();
+        second.users[1].arn = "arn:aws:iam::123456789012:user/someone".into();
+        second.account.report_generated_at = Some(at(NOW - DAY));
+        let mut all = BTreeMap::new();
+        for (entry, inventory, name) in [("a", first, "alpha"), ("b", second, "beta")] {
+            let data = AccountData {
+                name: Some(name.into()),
+                inventory: Some(Arc::new(inventory)),
+                ..Default::default()
+            };
+            all.insert(entry.to_string(), data);
+        }
+        let snapshot = Snapshot::build(&all);
+        // The account again, ci-bot again and its two keys again.
+        assert_eq!(snapshot.duplicates_dropped, 1 + 1 + 2);
+        assert_eq!(
+            (snapshot.accounts, snapshot.users, snapshot.keys),
+            (1, 3, 3)
+        );
+        let text = text(&snapshot);
+        let info: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("aws_iam_account_info{"))
+            .collect();
+        assert_eq!(
+            info,
+            ["aws_iam_account_info{account_id=\"123456789012\",account_name=\"alpha\"} 1"]
+        );
+        // What only the second entry has is still rendered.
+        assert!(text.contains("aws_iam_credential_report_generated_timestamp_seconds{account_id=\"123456789012\"} 1767139200\n"), "{text}");
+        assert!(text.contains(
+            "access_key_id=\"AKIAAAAAAAAAAAAAAAA2\",account_id=\"123456789012\",user=\"someone\"}"
+        ));
+        assert_eq!(
+            parse(&text).map(|e| repeated(&e.samples, identity)),
+            Ok(vec![])
+        );
+    }
+
+    #[test]
+    fn masked_key_ids_that_collide_stay_apart_and_repeats_go() {
+        let mut inventory = sample();
+        let keys = &mut inventory.users[0].keys;
+        keys[1].id = "AKIAZZZZZZZZZZZZAAA1".into(); // masks like keys[0]
+        let repeat = keys[1].clone();
+        keys.push(repeat);
+        crate::filter::mask_key_ids(&mut inventory);
+        let snapshot = Snapshot::build(&one(inventory, ServiceCountsByArn::new()));
+        assert_eq!(
+            (
+                snapshot.keys,
+                snapshot.key_ids_disambiguated,
+                snapshot.duplicates_dropped
+            ),
+            (2, 1, 1)
+        );
+        let text = text(&snapshot);
+        let ids: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("aws_iam_access_key_active{"))
+            .filter_map(|l| l.split('"').nth(1))
+            .collect();
+        assert_eq!(ids, ["AKIA****AAA1", "AKIA****AAA1#2"]);
+        assert!(is_masked("AKIA****AAA1") && !is_masked("AKIAAAAAAAAAAAAAAAA1"));
+    }
+
+    #[test]
+    fn tag_labels_are_sorted_and_each_name_kept_once() {
+        let mut inventory = sample();
+        inventory.users.truncate(1);
+        let mut tags = TagsByArn::new();
+        tags.insert(
+            inventory.users[0].arn.clone(),
+            vec![
+                ("tag_team".into(), "b".into()),
+                ("tag_owner".into(), "o".into()),
+                ("tag_team".into(), "c".into()),
+            ],
+        );
+        let all = accounts(vec![(inventory, ServiceCountsByArn::new(), tags)]);
+        let text = text(&Snapshot::build(&all));
+        assert!(
+            text.contains(
+                "account_id=\"123456789012\",tag_owner=\"o\",tag_team=\"b\",user=\"ci-bot\"}"
+            ),
+            "{text}"
+        );
+        assert!(parse(&text).is_ok());
+    }
+
+    /// The property: random inventories full of repeats (users, keys, accounts, masked
+    /// ids, tags) render to well-formed text with no series twice, losing no key.
+    #[test]
+    fn no_exposition_holds_a_series_twice_whatever_the_sources_repeat() {
+        // Seeds that had: an account id twice, a user twice with other tags, a key id
+        // twice, masked ids alike, one user name in two accounts.
+        let mut seen = [0; 5];
+        for seed in 0..500 {
+            let accounts = random_accounts(&mut SplitMix64(seed));
+            let snapshot = Snapshot::build(&accounts);
+            let text = text(&snapshot);
+            let exposition = parse(&text).unwrap_or_else(|e| panic!("seed {seed}: {e}\n{text}"));
+            assert_eq!(
+                repeated(&exposition.samples, identity),
+                Vec::<String>::new(),
+                "seed {seed}\n{text}"
+            );
+            // Coarser: one sample per account, user or key in each family, whatever its tags.
+            assert_eq!(
+                repeated(&exposition.samples, entity),
+                Vec::<String>::new(),
+                "seed {seed}\n{text}"
+            );
+
+            let expected = Expected::of(&accounts);
+            let active: Vec<&Sample> = exposition
+                .samples
+                .iter()
+                .filter(|s| s.name == "aws_iam_access_key_active")
+                .collect();
+            assert_eq!(active.len(), expected.keys, "seed {seed}\n{text}");
+            for (account, user, id) in &expected.key_ids {
+                let found = active.iter().any(|s| {
+                    s.label("account_id") == account
+                        && s.label("user") == user
+                        && s.label("access_key_id") == id
+                });
+                assert!(
+                    found,
+                    "seed {seed}: key {id:?} of {user:?} in {account} is missing\n{text}"
+                );
+            }
+            let info = exposition
+                .samples
+                .iter()
+                .filter(|s| s.name == "aws_iam_account_info");
+            assert_eq!(info.count(), expected.accounts, "seed {seed}");
+            assert_eq!(snapshot.accounts, expected.accounts, "seed {seed}");
+            assert_eq!(
+                snapshot.duplicates_dropped, expected.dropped,
+                "seed {seed}\n{text}"
+            );
+            let had = [
+                accounts.len() > expected.accounts,
+                expected.user_with_two_tag_sets,
+                expected.keys_dropped > 0,
+                snapshot.key_ids_disambiguated > 0,
+                expected.name_in_two_accounts,
+            ];
+            for (count, had) in seen.iter_mut().zip(had) {
+                *count += usize::from(had);
+            }
+        }
+        // The inputs are as repetitive as the test says.
+        assert!(seen.iter().all(|&count| count >= 25), "{seen:?}");
+    }
+
+    #[test]
+    fn the_exposition_parser_finds_repeats_and_refuses_malformed_text() {
+        let head = "# HELP m Help.\n# TYPE m gauge\n";
+        let parsed = |samples: &str| parse(&format!("{head}{samples}"));
+        // The same labels in another order, a value holding an escaped quote and a comma.
+        let twice = parsed("m{a=\"x\\\",y\",b=\"1\"} 1\nm{b=\"1\",a=\"x\\\",y\"} 2\n").unwrap();
+        assert_eq!(repeated(&twice.samples, identity).len(), 1);
+        // An empty label is no label.
+        let empty = parsed("m{a=\"\",b=\"1\"} 1\nm{b=\"1\"} 1\n").unwrap();
+        assert_eq!(repeated(&empty.samples, identity).len(), 1);
+        // Escapes are read, not compared raw: `x\",y` and `x\"` differ.
+        let apart =
+            parsed("m{a=\"x\\\",y\"} 1\nm{a=\"x\\\"\"} 1\nm{a=\"x\\\\\"} 1\nm 1\n").unwrap();
+        assert_eq!(repeated(&apart.samples, identity), Vec::<String>::new());
+        assert_eq!(apart.samples[0].label("a"), "x\",y");
+        // Tags do not tell a user's series apart.
+        let tagged = parsed("m{tag_t=\"1\",user=\"u\"} 1\nm{tag_t=\"2\",user=\"u\"} 1\n").unwrap();
+        assert_eq!(repeated(&tagged.samples, identity), Vec::<String>::new());
+        assert_eq!(repeated(&tagged.samples, entity).len(), 1);
+
+        for bad in [
+            "m{a=\"x} 1\n",
+            "m{a=\"x\"} \n",
+            "m{a=\"x\"}1\n",
+            "m{a=\"x\"} one\n",
+            "m{a=\"x\",a=\"y\"} 1\n",
+            "m{a=\"\\q\"} 1\n",
+            "m{a=\"x\",} 1\n",
+            "m{1a=\"x\"} 1\n",
+            "n 1\n",
+            "m 1\n# HELP o Help.\n# TYPE o gauge\no 1\n# HELP m Help.\n# TYPE m gauge\nm 2\n",
+        ] {
+            assert!(parsed(bad).is_err(), "{bad:?} was taken");
+        }
+        assert!(parse("m 1\n").is_err(), "a sample before its TYPE");
+        assert!(parse("# HELP m Help.\n# HELP m Help.\n# TYPE m gauge\nm 1\n").is_err());
+        assert!(
+            parse("# HELP m Help.\n# TYPE m gauge\nm 1").is_err(),
+            "no final newline"
+        );
+        assert!(parse(head).is_err(), "a family without samples");
+    }
+
+    /// SplitMix64: a small deterministic generator for the property test.
+    struct SplitMix64(u64);
+
+    impl SplitMix64 {
+        fn next(&mut self) -> u64 {
+            self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = self.0;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^ (z >> 31)
+        }
+
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n as u64) as usize
+        }
+
+        fn chance(&mut self, one_in: usize) -> bool {
+            self.below(one_in) == 0
+        }
+
+        fn pick<'a, T>(&mut self, from: &'a [T]) -> &'a T {
+            &from[self.below(from.len())]
+        }
+    }
+
+    /// One to three entries over two account ids, so that entries often share one, with
+    /// users, keys, service counts and tags drawn from small pools so that they repeat.
+    fn random_accounts(rng: &mut SplitMix64) -> BTreeMap<String, AccountData> {
+        const ACCOUNTS: [&str; 2] = ["111111111111", "222222222222"];
+        const NAMES: [&str; 6] = [
+            "alice",
+            "bob",
+            "we\"ird\\na,me}",
+            "new\nline",
+            "<root_account>",
+            "",
+        ];
+        // The first two mask alike, and so do the next two.
+        const KEY_IDS: [&str; 8] = [
+            "AKIAAAAAAAAAAAAAAAA1",
+            "AKIAZZZZZZZZZZZZAAA1",
+            "ASIAAAAAAAAAAAAAAAA2",
+            "ASIAZZZZZZZZZZZZAAA2",
+            "key_1",
+            "key_2",
+            "",
+            "x\"y",
+        ];
+        const VALUES: [&str; 5] = ["", "a", "a\"b", "x,y}", "a\\"];
+        let mut all = BTreeMap::new();
+        for entry in 0..1 + rng.below(3) {
+            let account = *rng.pick(&ACCOUNTS);
+            let key = |rng: &mut SplitMix64| AccessKey {
+                id: rng.pick(&KEY_IDS).to_string(),
+                status: *rng.pick(&[KeyStatus::Active, KeyStatus::Inactive]),
+                created: at(NOW - rng.pick(&[1, 400]) * DAY),
+                last_used: rng.chance(2).then(|| LastUse {
+                    at: at(NOW - rng.pick(&[0, 3]) * DAY),
+                    service: rng.pick(&["s3", "N/A"]).to_string(),
+                    region: rng.pick(&["eu-west-1", "N/A"]).to_string(),
+                }),
+            };
+            let user = |rng: &mut SplitMix64, name: &str, arn: String| User {
+                name: name.into(),
+                arn,
+                keys: (0..rng.below(4)).map(|_| key(rng)).collect(),
+                login: rng.chance(2).then(|| Login {
+                    mfa_active: rng.chance(2).then(|| rng.chance(2)),
+                    password_enabled: rng.chance(2).then(|| rng.chance(2)),
+                    password_last_used: rng.chance(2).then(|| at(NOW - DAY)),
+                }),
+            };
+            let users = (0..rng.below(6))
+                .map(|_| {
+                    let name = *rng.pick(&NAMES);
+                    let path = rng.pick(&["", "bots/"]);
+                    user(
+                        rng,
+                        name,
+                        format!("arn:aws:iam::{account}:user/{path}{name}"),
+                    )
+                })
+                .collect();
+            let root = rng.chance(2).then(|| {
+                let name = rng.pick(&["<root_account>", "alice"]);
+                user(rng, name, format!("arn:aws:iam::{account}:root"))
+            });
+            let mut inventory = Inventory {
+                account_id: account.into(),
+                collected_at: at(NOW - rng.below(2) as u64 * DAY),
+                users,
+                account: crate::inventory::AccountFacts {
+                    root_access_keys_present: rng.chance(2).then(|| rng.chance(2)),
+                    root,
+                    report_generated_at: rng.chance(2).then(|| at(NOW - DAY)),
+                },
+            };
+            if rng.chance(3) {
+                crate::filter::mask_key_ids(&mut inventory);
+            }
+            let mut data = AccountData {
+                name: rng
+                    .chance(2)
+                    .then(|| rng.pick(&["prod", "pr\"od", ""]).to_string()),
+                ..Default::default()
+            };
+            let arns = inventory
+                .users
+                .iter()
+                .chain(&inventory.account.root)
+                .map(|u| &u.arn);
+            for arn in arns {
+                if rng.chance(2) {
+                    let counts = ServiceCounts {
+                        accessed: rng.below(3) as u32,
+                        granted: 3,
+                    };
+                    data.service_counts.insert(arn.clone(), counts);
+                }
+                if rng.chance(2) {
+                    let wanted: Vec<String> = ["owner", "team"].map(String::from).to_vec();
+                    let mut tags: Vec<(String, String)> = (0..rng.below(4))
+                        .map(|_| {
+                            let key = rng.pick(&["owner", "team", "Team"]).to_string();
+                            (key, rng.pick(&VALUES).to_string())
+                        })
+                        .collect();
+                    tags = if rng.chance(4) {
+                        // Not as `tag_labels` makes them: unsorted, a name twice.
+                        tags.into_iter()
+                            .map(|(k, v)| (crate::config::tag_label_name(&k), v))
+                            .collect()
+                    } else {
+                        crate::inventory::tag_labels(&wanted, &tags)
+                    };
+                    data.tags.insert(arn.clone(), tags);
+                }
+            }
+            data.inventory = Some(Arc::new(inventory));
+            all.insert(format!("entry-{entry}"), data);
+        }
+        all
+    }
+
+    /// What the rules in `Snapshot::build` leave of some accounts, worked out apart from
+    /// the rendering: keys by distinct id, masked ones by distinct key.
+    struct Expected {
+        accounts: usize,
+        keys: usize,
+        dropped: usize,
+        key_ids: Vec<(String, String, String)>,
+        keys_dropped: usize,
+        user_with_two_tag_sets: bool,
+        name_in_two_accounts: bool,
+    }
+
+    impl Expected {
+        fn of(all: &BTreeMap<String, AccountData>) -> Expected {
+            let inventories: Vec<(&Inventory, &AccountData)> = all
+                .values()
+                .filter_map(|data| Some((data.inventory.as_deref()?, data)))
+                .collect();
+            let mut accounts: Vec<&str> = inventories
+                .iter()
+                .map(|(i, _)| i.account_id.as_str())
+                .collect();
+            accounts.sort();
+            accounts.dedup();
+            // (account, user) → its keys in rendering order, and its tags in each occurrence.
+            struct Seen<'a> {
+                id: (&'a str, &'a str),
+                keys: Vec<&'a AccessKey>,
+                tags: Vec<Option<&'a TagLabels>>,
+            }
+            let mut users: Vec<Seen> = Vec::new();
+            let mut occurrences = 0;
+            for (inventory, data) in &inventories {
+                for user in inventory.users.iter().chain(&inventory.account.root) {
+                    occurrences += 1;
+                    let id = (inventory.account_id.as_str(), user.name.as_str());
+                    let tags = data.tags.get(&user.arn);
+                    match users.iter_mut().find(|seen| seen.id == id) {
+                        Some(seen) => {
+                            seen.keys.extend(&user.keys);
+                            seen.tags.push(tags);
+                        }
+                        None => users.push(Seen {
+                            id,
+                            keys: user.keys.iter().collect(),
+                            tags: vec![tags],
+                        }),
+                    }
+                }
+            }
+            let (mut keys, mut all_keys, mut key_ids) = (0, 0, Vec::new());
+            for Seen {
+                id: (account, user),
+                keys: list,
+                ..
+            } in &users
+            {
+                all_keys += list.len();
+                let mut kept: Vec<&AccessKey> = Vec::new();
+                for &key in list {
+                    let masked = key.id.contains('*');
+                    let new = if masked {
+                        !kept.contains(&key)
+                    } else {
+                        !kept.iter().any(|k| k.id == key.id)
+                    };
+                    if new {
+                        if !kept.iter().any(|k| k.id == key.id) {
+                            key_ids.push((account.to_string(), user.to_string(), key.id.clone()));
+                        }
+                        kept.push(key);
+                    }
+                }
+                keys += kept.len();
+            }
+            let empty = TagLabels::new();
+            let user_with_two_tag_sets = users.iter().any(|seen| {
+                let tags: Vec<&TagLabels> = seen.tags.iter().map(|t| t.unwrap_or(&empty)).collect();
+                tags.iter().any(|t| *t != tags[0])
+            });
+            let name_in_two_accounts = users.iter().any(|one| {
+                let (account, name) = one.id;
+                users
+                    .iter()
+                    .any(|other| other.id.1 == name && other.id.0 != account)
+            });
+            Expected {
+                accounts: accounts.len(),
+                keys,
+                dropped: (inventories.len() - accounts.len())
+                    + (occurrences - users.len())
+                    + (all_keys - keys),
+                key_ids,
+                keys_dropped: all_keys - keys,
+                user_with_two_tag_sets,
+                name_in_two_accounts,
+            }
+        }
+    }
+
+    /// A sample line, its labels unescaped.
+    #[derive(Debug)]
+    struct Sample {
+        name: String,
+        labels: Vec<(String, String)>,
+    }
+
+    impl Sample {
+        fn label(&self, name: &str) -> &str {
+            let found = self.labels.iter().find(|(n, _)| n == name);
+            found.map_or("", |(_, v)| v.as_str())
+        }
+    }
+
+    struct Exposition {
+        samples: Vec<Sample>,
+    }
+
+    /// Reads the text format as this module writes it (gauges with HELP and TYPE, no
+    /// timestamps), strictly: every line must parse, each family's HELP and TYPE come
+    /// once, before its samples, which stay together.
+    fn parse(text: &str) -> Result<Exposition, String> {
+        let Some(body) = text.strip_suffix('\n') else {
+            return Err("no final newline".into());
+        };
+        let mut families: Vec<String> = Vec::new();
+        // The family, whether its TYPE was read, and its samples so far.
+        let mut current: Option<(String, bool, usize)> = None;
+        let mut samples = Vec::new();
+        for (n, line) in body.split('\n').enumerate() {
+            let fail = |why: &str| Err(format!("line {}: {why}: {line:?}", n + 1));
+            if let Some(help) = line.strip_prefix("# HELP ") {
+                let name = help.split(' ').next().unwrap_or("");
+                if !is_name(name, true) || families.iter().any(|f| f == name) {
+                    return fail("a family's HELP again, or a bad name");
+                }
+                if current
+                    .as_ref()
+                    .is_some_and(|(_, _, samples)| *samples == 0)
+                {
+                    return fail("a family without samples before");
+                }
+                families.push(name.to_string());
+                current = Some((name.to_string(), false, 0));
+            } else if let Some(kind) = line.strip_prefix("# TYPE ") {
+                match &mut current {
+                    Some((name, typed, _)) if !*typed && kind == format!("{name} gauge") => {
+                        *typed = true
+                    }
+                    _ => return fail("a TYPE not right after its HELP"),
+                }
+            } else if line.starts_with('#') {
+                return fail("another comment");
+            } else {
+                let sample = match parse_sample(line) {
+                    Ok(sample) => sample,
+                    Err(why) => return fail(&why),
+                };
+                match &mut current {
+                    Some((name, true, count)) if *name == sample.name => {
+                        *count += 1;
+                        samples.push(sample);
+                    }
+                    _ => return fail("a sample outside its family"),
+                }
+            }
+        }
+        if current.is_some_and(|(_, _, samples)| samples == 0) {
+            return Err("a family without samples at the end".into());
+        }
+        Ok(Exposition { samples })
+    }
+
+    fn parse_sample(line: &str) -> Result<Sample, String> {
+        let end = line.find(['{', ' ']).ok_or("no value")?;
+        let name = &line[..end];
+        if !is_name(name, true) {
+            return Err("a bad metric name".into());
+        }
+        let mut rest = &line[end..];
+        let mut labels: Vec<(String, String)> = Vec::new();
+        if let Some(mut inner) = rest.strip_prefix('{') {
+            loop {
+                let (label, after) = inner.split_once("=\"").ok_or("a label without =\"")?;
+                if !is_name(label, false) || labels.iter().any(|(l, _)| l == label) {
+                    return Err(format!("a bad or repeated label name {label:?}"));
+                }
+                let mut value = String::new();
+                let mut chars = after.char_indices();
+                let close = loop {
+                    match chars.next().ok_or("an unclosed label value")? {
+                        (i, '"') => break i,
+                        (_, '\\') => match chars.next().ok_or("a lone backslash")?.1 {
+                            '\\' => value.push('\\'),
+                            '"' => value.push('"'),
+                            'n' => value.push('\n'),
+                            other => return Err(format!("an escape \\{other}")),
+                        },
+                        (_, c) => value.push(c),
+                    }
+                };
+                labels.push((label.to_string(), value));
+                inner = &after[close + 1..];
+                if let Some(more) = inner.strip_prefix(',') {
+                    inner = more;
+                } else if let Some(after) = inner.strip_prefix('}') {
+                    rest = after;
+                    break;
+                } else {
+                    return Err("labels not separated or closed".into());
+                }
+            }
+        }
+        let value = rest.strip_prefix(' ').ok_or("no space before the value")?;
+        let number = value
+            .bytes()
+            .all(|b| b.is_ascii_digit() || b"+-.eE".contains(&b));
+        if !(["NaN", "+Inf", "-Inf"].contains(&value) || number && value.parse::<f64>().is_ok()) {
+            return Err(format!("a bad value {value:?}"));
+        }
+        Ok(Sample {
+            name: name.to_string(),
+            labels,
+        })
+    }
+
+    fn is_name(name: &str, colons: bool) -> bool {
+        let ok = |c: char, first: bool| {
+            c.is_ascii_alphabetic()
+                || c == '_'
+                || (colons && c == ':')
+                || (!first && c.is_ascii_digit())
+        };
+        let mut chars = name.chars();
+        chars.next().is_some_and(|c| ok(c, true)) && chars.all(|c| ok(c, false))
+    }
+
+    /// A series as Prometheus tells them apart: its name and its labels in any order, a
+    /// label with an empty value being no label.
+    fn identity(sample: &Sample) -> String {
+        identity_without(sample, |_| false)
+    }
+
+    /// Coarser: the account, user or key a sample is about, without the facts about it.
+    fn entity(sample: &Sample) -> String {
+        identity_without(sample, |name| {
+            name.starts_with("tag_") || name.starts_with("last_used_") || name == "account_name"
+        })
+    }
+
+    fn identity_without(sample: &Sample, skip: impl Fn(&str) -> bool) -> String {
+        let mut labels: Vec<&(String, String)> = sample
+            .labels
+            .iter()
+            .filter(|(name, value)| !value.is_empty() && !skip(name))
+            .collect();
+        labels.sort();
+        format!("{} {labels:?}", sample.name)
+    }
+
+    /// The identities met more than once.
+    fn repeated(samples: &[Sample], identity: fn(&Sample) -> String) -> Vec<String> {
+        let mut seen = HashSet::new();
+        samples
+            .iter()
+            .map(identity)
+            .filter(|id| !seen.insert(id.clone()))
+            .collect()
     }
 }
