@@ -122,6 +122,7 @@ pub struct ExporterMetrics {
     pub aws_throttled_requests_total: IntCounterVec,
     pub snapshot_users: IntGauge,
     pub snapshot_access_keys: IntGauge,
+    pub snapshot_duplicates_dropped: IntGauge,
     pub service_access_jobs_total: IntCounterVec,
     pub service_access_duration_seconds: prometheus::Gauge,
     pub service_access_last_run_timestamp_seconds: prometheus::Gauge,
@@ -298,6 +299,10 @@ impl ExporterMetrics {
             snapshot_access_keys: int_gauge(
                 "iam_key_exporter_snapshot_access_keys",
                 "Access keys in the snapshot being served.",
+            ),
+            snapshot_duplicates_dropped: int_gauge(
+                "iam_key_exporter_snapshot_duplicates_dropped",
+                "Accounts, users and keys the sources listed twice, served once in the snapshot being served.",
             ),
             service_access_jobs_total: counter_vec(
                 "iam_key_exporter_service_access_jobs_total",

@@ -291,6 +291,18 @@ impl Shared {
         };
         self.metrics.snapshot_users.set(snapshot.users as i64);
         self.metrics.snapshot_access_keys.set(snapshot.keys as i64);
+        // A repeat reaching the snapshot is served once; say so when the number changes,
+        // not at every render.
+        let dropped = snapshot.duplicates_dropped as i64;
+        if dropped != self.metrics.snapshot_duplicates_dropped.get() {
+            if dropped > 0 {
+                tracing::warn!(
+                    duplicates = dropped,
+                    "the sources listed some accounts, users or keys twice; each is served once"
+                );
+            }
+            self.metrics.snapshot_duplicates_dropped.set(dropped);
+        }
         {
             let _one_at_a_time = self.assembling.lock().expect("not poisoned");
             self.store(Some(Arc::new(snapshot)));
