@@ -356,3 +356,194 @@ fn denied_account_summary_degrades_only_the_root_key_fact() {
         },
     );
 }
+
+/// One `--once` refresh through `proxy` at the DEFAULT `aws.*` settings: unlike
+/// `Exporter`, which shortens retries and the call timeout for the other fault tests,
+/// nothing here tunes retries, timeouts or the request rate. Service-last-accessed (a
+/// separate pass) is off. Returns whether it succeeded, its exposition and its log.
+fn refresh_once_at_aws_defaults(proxy: &FaultProxy) -> (bool, Metrics, String) {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_iam-key-exporter"))
+        .arg("--once")
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("AWS_ACCESS_KEY_ID", TEST_ACCESS_KEY)
+        .env("AWS_SECRET_ACCESS_KEY", TEST_SECRET)
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_CONFIG_FILE", "/dev/null")
+        .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("IAM_KEY_EXPORTER_AWS__ENDPOINT_URL", &proxy.endpoint)
+        .env("IAM_KEY_EXPORTER_SERVICE_ACCESS__ENABLED", "false")
+        .output()
+        .expect("run iam-key-exporter --once");
+    let logs = String::from_utf8_lossy(&output.stderr).into_owned();
+    let metrics = Metrics::parse(&String::from_utf8(output.stdout).expect("UTF-8 exposition"));
+    (output.status.success(), metrics, logs)
+}
+
+/// Every failed call, whatever its operation and code. GetCredentialReport's answers that
+/// a report must be generated first (moto starts without one) are the report's states,
+/// which the exporter does not count as errors.
+fn failed_calls(metrics: &Metrics) -> Vec<(&String, &f64)> {
+    metrics
+        .0
+        .iter()
+        .filter(|(k, v)| k.starts_with("iam_key_exporter_aws_errors_total{") && **v > 0.0)
+        .collect()
+}
+
+/// The exporter's `iam_key_exporter_aws_requests_total` by operation (non-zero only).
+fn requests_by_operation(metrics: &Metrics) -> BTreeMap<String, f64> {
+    metrics
+        .0
+        .iter()
+        .filter(|(_, v)| **v > 0.0)
+        .filter_map(|(k, v)| {
+            let operation = k
+                .strip_prefix("iam_key_exporter_aws_requests_total{operation=\"")?
+                .strip_suffix("\"}")?;
+            Some((operation.to_string(), *v))
+        })
+        .collect()
+}
+
+/// What the peer answered, by operation, over every account: forwarded to moto plus
+/// answered Throttling (by its rate limit or a `throttle` rule). Every attempt the
+/// exporter sent is one of the two as long as no other fault is injected.
+fn peer_answers_by_operation(stats: &serde_json::Value) -> BTreeMap<String, f64> {
+    let mut out = BTreeMap::new();
+    for table in [
+        "forwarded_by_account_operation",
+        "throttled_by_account_operation",
+    ] {
+        for operations in stats[table].as_object().unwrap().values() {
+            for (operation, n) in operations.as_object().unwrap() {
+                *out.entry(operation.clone()).or_insert(0.0) += n.as_f64().unwrap();
+            }
+        }
+    }
+    out
+}
+
+// Issue 9, finding 1: IAM answered one ListAccessKeys call with Throttling three times in
+// a row and the refresh failed at the default settings. The default retries must outlast
+// a longer burst than that.
+#[test]
+fn five_consecutive_throttles_on_one_call_do_not_fail_the_refresh() {
+    let Some(moto) = Moto::start(&root().join("tests/peers/sample-inventory.json")) else {
+        return;
+    };
+    let account = moto.seeded["account_id"].as_str().unwrap().to_string();
+    let users = moto.seeded["users"].as_array().unwrap();
+    let user = users[0]["name"].as_str().unwrap();
+    let proxy = FaultProxy::start(&moto.endpoint, &account);
+    // `params` picks this user's call: its attempts are the five throttled in a row,
+    // whatever the other users' concurrent ListAccessKeys calls do.
+    proxy.inject(json!([{
+        "fault": "throttle",
+        "operation": "ListAccessKeys",
+        "params": {"UserName": user},
+        "times": 5,
+    }]));
+
+    let (succeeded, metrics, logs) = refresh_once_at_aws_defaults(&proxy);
+    let stats = proxy.stats();
+    assert!(succeeded, "the refresh failed: {stats}\n{logs}");
+    assert_eq!(
+        stats["faults"]["throttle"], 5,
+        "the peer answered all five throttles: {stats}"
+    );
+    assert_eq!(metrics.value("iam_key_exporter_refresh_success", &[]), 1.0);
+    assert_eq!(
+        metrics.value(
+            "iam_key_exporter_account_refresh_success",
+            &[("account_id", &account), ("account_name", "")]
+        ),
+        1.0
+    );
+    assert_eq!(errors_with_code(&metrics, "Throttling"), 0.0);
+    assert_eq!(
+        failed_calls(&metrics),
+        Vec::<(&String, &f64)>::new(),
+        "no call failed"
+    );
+    // Every attempt is counted: the user's six, and one for each other user.
+    let listed = metrics.aws_requests("ListAccessKeys");
+    assert!(
+        listed >= (users.len() + 5) as f64,
+        "{listed} ListAccessKeys requests for {} users and 5 retries",
+        users.len()
+    );
+    assert_eq!(
+        listed,
+        peer_answers_by_operation(&stats)["ListAccessKeys"],
+        "{stats}"
+    );
+}
+
+// A few hundred users behind a peer that throttles like IAM (a token bucket per account,
+// 20 requests a second, a small burst), with the exporter at its default settings
+// (50 requests a second): the refresh must adapt instead of failing. No timed assertion:
+// how long it takes is for scripts/bench.sh.
+#[test]
+fn an_account_behind_a_throttling_peer_refreshes_with_no_error() {
+    const USERS: usize = 200;
+    let Some(moto) = Moto::start_bench(USERS) else {
+        return;
+    };
+    let account = moto.seeded["account_id"].as_str().unwrap().to_string();
+    let proxy = FaultProxy::start(&moto.endpoint, &account);
+    proxy.throttle(20.0, 5);
+
+    for run in 1..=2 {
+        proxy.clear_stats();
+        let (succeeded, metrics, logs) = refresh_once_at_aws_defaults(&proxy);
+        let stats = proxy.stats();
+        eprintln!(
+            "run {run}: the peer forwarded {} and throttled {}; the exporter counted {} requests",
+            stats["forwarded"],
+            stats["throttled"],
+            requests_by_operation(&metrics).values().sum::<f64>()
+        );
+        assert!(succeeded, "run {run}: the refresh failed: {stats}\n{logs}");
+        assert_eq!(metrics.value("iam_key_exporter_refresh_success", &[]), 1.0);
+        assert_eq!(
+            metrics.value(
+                "iam_key_exporter_account_refresh_success",
+                &[("account_id", &account), ("account_name", "")]
+            ),
+            1.0
+        );
+        assert_eq!(
+            failed_calls(&metrics),
+            Vec::<(&String, &f64)>::new(),
+            "run {run}: no call failed"
+        );
+        let keys = metrics
+            .0
+            .keys()
+            .filter(|k| k.starts_with("aws_iam_access_key_active{"))
+            .count();
+        assert_eq!(keys, 2 * USERS, "run {run}: every user's two keys");
+        assert!(
+            stats["throttled"].as_u64().unwrap() > 0,
+            "run {run}: the peer throttled nothing, so the test shows nothing: {stats}"
+        );
+        assert_eq!(stats["throttled"], stats["rate_limited"], "{stats}");
+        assert_eq!(stats["upstream_errors"], 0, "{stats}");
+        // Every throttle was seen, and lowered the rate.
+        let throttled: f64 = metrics
+            .0
+            .iter()
+            .filter(|(k, _)| k.starts_with("iam_key_exporter_aws_throttled_requests_total{"))
+            .map(|(_, v)| v)
+            .sum();
+        assert_eq!(throttled, stats["throttled"].as_f64().unwrap(), "run {run}");
+        // Every attempt is counted, the throttled ones included.
+        assert_eq!(
+            requests_by_operation(&metrics),
+            peer_answers_by_operation(&stats),
+            "run {run}: the exporter's requests_total against what the peer answered"
+        );
+    }
+}

@@ -4,6 +4,7 @@ Usage:
     python fault_proxy.py --upstream http://127.0.0.1:PORT [--host 127.0.0.1]
                           [--port 0] [--control-port 0]
                           [--default-account 123456789012]
+                          [--throttle-rate R [--throttle-burst B]]
                           [--ignore-stdin] [--verbose]
 
 What it does:
@@ -21,6 +22,9 @@ What it does:
      second port (PUT/GET/DELETE /faults, GET/DELETE /stats, POST /down|/up).
      Error faults are answered the way AWS answers: query-protocol
      <ErrorResponse> XML for IAM/STS, the JSON error shape for Organizations.
+     A test-side extension throttles like IAM does (PUT/GET/DELETE /throttle,
+     or --throttle-rate): a token bucket per account, over-rate requests
+     answered Throttling without reaching the upstream.
   4. Prints ONE JSON line to stdout once both ports listen:
         {"endpoint": "http://127.0.0.1:P", "control": "http://127.0.0.1:C"}
      Everything else goes to stderr.
@@ -38,6 +42,7 @@ import http.client
 import io
 import json
 import logging
+import math
 import os
 import re
 import select
@@ -58,7 +63,9 @@ UPSTREAM_TIMEOUT = 120.0  # seconds; moto answers in milliseconds, a hang is a b
 
 FAULT_KINDS = ("throttle", "http_500", "http_503", "slow", "malformed_xml",
                "access_denied", "expired_token", "reset")
-RULE_FIELDS = {"fault", "operation", "account_id", "service", "times", "delay_seconds"}
+RULE_FIELDS = {"fault", "operation", "account_id", "service", "params", "times",
+               "delay_seconds"}
+THROTTLE_FIELDS = {"rate", "burst", "service"}
 
 # Hop-by-hop headers (RFC 9110 7.6.1) are per connection: never forwarded.
 HOP_BY_HOP = {"connection", "keep-alive", "proxy-connection", "proxy-authenticate",
@@ -128,6 +135,13 @@ class Rule:
         self.operation = doc.get("operation")
         self.account_id = doc.get("account_id")
         self.service = doc.get("service")
+        self.params = doc.get("params")
+        if self.params is not None and (
+                not isinstance(self.params, dict) or not self.params or
+                not all(isinstance(k, str) and k and isinstance(v, str)
+                        for k, v in self.params.items())):
+            raise RuleError(f"{where}.params: expected a non-empty object of strings, "
+                            'e.g. {"UserName": "alice"}')
         self.times = doc.get("times")
         if self.times is not None and (isinstance(self.times, bool) or
                                        not isinstance(self.times, int) or self.times < 1):
@@ -141,15 +155,18 @@ class Rule:
             raise RuleError(f"{where}.delay_seconds: only for fault 'slow'")
         self.fired = 0
 
-    def matches(self, operation: str, account: str, service: str) -> bool:
-        return ((self.operation is None or self.operation == operation) and
-                (self.account_id is None or self.account_id == account) and
-                (self.service is None or self.service == service) and
+    def matches(self, call: "Call") -> bool:
+        return ((self.operation is None or self.operation == call.operation) and
+                (self.account_id is None or self.account_id == call.account) and
+                (self.service is None or self.service == call.service) and
+                (self.params is None or
+                 all(call.params.get(k) == v for k, v in self.params.items())) and
                 (self.times is None or self.fired < self.times))
 
     def describe(self) -> dict:
         out: dict[str, Any] = {"fault": self.fault}
-        for name in ("operation", "account_id", "service", "times", "delay_seconds"):
+        for name in ("operation", "account_id", "service", "params", "times",
+                     "delay_seconds"):
             if getattr(self, name) is not None:
                 out[name] = getattr(self, name)
         out["fired"] = self.fired
@@ -164,6 +181,63 @@ def parse_rules(doc: Any) -> list[Rule]:
     return [Rule(r, i) for i, r in enumerate(doc)]
 
 
+class RateLimit:
+    """IAM-like throttling (a test-side extension): one token bucket per account.
+
+    Each account's bucket holds at most `burst` tokens and starts full; it
+    refills at `rate` tokens a second. A request (of `service`, if given) takes
+    one token; with less than one left it is throttled, takes nothing, and is
+    not forwarded. Accessed under State.lock.
+    """
+
+    def __init__(self, doc: Any) -> None:
+        if not isinstance(doc, dict):
+            raise RuleError('expected a JSON object such as {"rate": 20, "burst": 20}')
+        unknown = sorted(set(doc) - THROTTLE_FIELDS)
+        if unknown:
+            raise RuleError(f"unknown field(s) {unknown}; allowed: {sorted(THROTTLE_FIELDS)}")
+        rate, burst, service = doc.get("rate"), doc.get("burst"), doc.get("service")
+        if (isinstance(rate, bool) or not isinstance(rate, (int, float)) or
+                not math.isfinite(rate) or not rate > 0):
+            raise RuleError("rate: expected a positive number of requests a second")
+        if burst is None:
+            burst = max(1, math.ceil(rate))  # one second's worth, at least 1
+        if isinstance(burst, bool) or not isinstance(burst, int) or burst < 1:
+            raise RuleError("burst: expected a positive integer (tokens)")
+        if service is not None and (not isinstance(service, str) or not service):
+            raise RuleError("service: expected a non-empty string")
+        self.rate, self.burst, self.service = float(rate), burst, service
+        self.buckets: dict[str, list[float]] = {}  # account -> [tokens, updated (monotonic)]
+        self.throttled: dict[str, int] = {}
+
+    def applies(self, service: str) -> bool:
+        return self.service is None or self.service == service
+
+    def _refill(self, account: str, now: float) -> list[float]:
+        bucket = self.buckets.setdefault(account, [float(self.burst), now])
+        bucket[0] = min(float(self.burst), bucket[0] + (now - bucket[1]) * self.rate)
+        bucket[1] = now
+        return bucket
+
+    def take(self, account: str, now: float) -> bool:
+        """One token of `account`'s bucket, or False (throttled)."""
+        bucket = self._refill(account, now)
+        if bucket[0] >= 1.0:
+            bucket[0] -= 1.0
+            return True
+        self.throttled[account] = self.throttled.get(account, 0) + 1
+        return False
+
+    def describe(self, now: float) -> dict:
+        accounts = {}
+        for account in sorted(self.buckets):
+            tokens = self._refill(account, now)[0]
+            accounts[account] = {"tokens": round(tokens, 3),
+                                 "throttled": self.throttled.get(account, 0)}
+        return {"enabled": True, "rate": self.rate, "burst": self.burst,
+                "service": self.service, "accounts": accounts}
+
+
 class State:
     """Rules, counters and learned credentials, shared by all threads."""
 
@@ -171,17 +245,24 @@ class State:
         self.default_account = default_account
         self.lock = threading.Lock()
         self.rules: list[Rule] = []
+        self.rate_limit: RateLimit | None = None
         self.key_accounts: dict[str, str] = {}
         self.reset_stats()
 
     def reset_stats(self) -> None:
         self.requests = 0
         self.forwarded = 0
+        self.throttled = 0
+        self.rate_limited = 0
         self.upstream_errors = 0
         self.by_operation: dict[str, int] = {}
         self.by_account: dict[str, int] = {}
         self.by_account_operation: dict[str, dict[str, int]] = {}
+        self.forwarded_by_account_operation: dict[str, dict[str, int]] = {}
+        self.throttled_by_account_operation: dict[str, dict[str, int]] = {}
         self.faults = {kind: 0 for kind in FAULT_KINDS}
+        if self.rate_limit is not None:
+            self.rate_limit.throttled = {}
 
     def account_of(self, key: str | None) -> str:
         with self.lock:
@@ -195,35 +276,65 @@ class State:
         with self.lock:
             self.key_accounts[key] = account
 
-    def admit(self, operation: str, account: str, service: str) -> Rule | None:
-        """Count a request and pick the fault to inject, if any (the first
-        matching rule with firings left; firing it uses one up)."""
+    def admit(self, call: "Call") -> tuple[bool, Rule | None]:
+        """Count a request and decide its fate: (rate limited, rule). Over the
+        rate limit (if any) it is throttled and no rule is consulted; otherwise
+        it took a token and the fault to inject is the first matching rule with
+        firings left, if any (firing it uses one up)."""
+        operation, account = call.operation, call.account
         with self.lock:
             self.requests += 1
             self.by_operation[operation] = self.by_operation.get(operation, 0) + 1
             self.by_account[account] = self.by_account.get(account, 0) + 1
             ops = self.by_account_operation.setdefault(account, {})
             ops[operation] = ops.get(operation, 0) + 1
+            limit = self.rate_limit
+            if (limit is not None and limit.applies(call.service) and
+                    not limit.take(account, time.monotonic())):
+                self.rate_limited += 1
+                return True, None
             for rule in self.rules:
-                if rule.matches(operation, account, service):
+                if rule.matches(call):
                     rule.fired += 1
                     self.faults[rule.fault] += 1
-                    return rule
-        return None
+                    return False, rule
+        return False, None
 
     def count(self, attr: str) -> None:
         with self.lock:
             setattr(self, attr, getattr(self, attr) + 1)
+
+    def count_outcome(self, call: "Call", outcome: str) -> None:
+        """`forwarded` (answered by the upstream) or `throttled` (answered
+        Throttling, by the rate limit or a `throttle` rule), per account and
+        operation too."""
+        with self.lock:
+            setattr(self, outcome, getattr(self, outcome) + 1)
+            table = getattr(self, f"{outcome}_by_account_operation")
+            ops = table.setdefault(call.account, {})
+            ops[call.operation] = ops.get(call.operation, 0) + 1
+
+    def describe_rate_limit(self) -> dict:
+        with self.lock:
+            if self.rate_limit is None:
+                return {"enabled": False}
+            return self.rate_limit.describe(time.monotonic())
 
     def stats(self) -> dict:
         with self.lock:
             return {
                 "requests": self.requests,
                 "forwarded": self.forwarded,
+                "throttled": self.throttled,
+                "rate_limited": self.rate_limited,
                 "upstream_errors": self.upstream_errors,
                 "by_operation": dict(self.by_operation),
                 "by_account": dict(self.by_account),
                 "by_account_operation": {a: dict(o) for a, o in self.by_account_operation.items()},
+                "forwarded_by_account_operation":
+                    {a: dict(o) for a, o in self.forwarded_by_account_operation.items()},
+                "throttled_by_account_operation":
+                    {a: dict(o) for a, o in self.throttled_by_account_operation.items()},
                 "faults": dict(self.faults),
                 "learned_keys": dict(self.key_accounts),
             }
@@ -248,6 +359,15 @@ class Call:
         self.json_protocol = bool(target)
         if target:  # e.g. AWSOrganizationsV20161128.ListAccounts
             self.operation = target.rsplit(".", 1)[-1]
+            # The JSON protocol's parameters: the body's top-level strings.
+            try:
+                doc = json.loads(body or b"{}")
+            except ValueError:
+                doc = None
+            if isinstance(doc, dict):
+                for name, value in doc.items():
+                    if isinstance(value, str):
+                        self.params.setdefault(name, value)
         else:
             self.operation = self.params.get("Action") or "Unknown"
         # SigV4: Authorization header, or X-Amz-Credential in a presigned URL.
@@ -333,13 +453,19 @@ class ProxyHandler(BaseHTTPRequestHandler):
         if body is None:
             return
         call = Call(self, body, state)
-        rule = state.admit(call.operation, call.account, call.service)
+        rate_limited, rule = state.admit(call)
+        if rate_limited:  # IAM's own throttling: never reaches the upstream
+            state.count_outcome(call, "throttled")
+            self._send_error_fault(call, "throttle", "rate limit")
+            return
         fault = rule.fault if rule else None
         if fault == "reset":
             self._log(call, "reset")
             self._reset()
             return
         if fault in QUERY_ERRORS:
+            if fault == "throttle":
+                state.count_outcome(call, "throttled")
             self._send_error_fault(call, fault)
             return
         if fault == "slow":
@@ -352,7 +478,7 @@ class ProxyHandler(BaseHTTPRequestHandler):
             self._send_aws_error(call, 502, "Receiver", UPSTREAM_FAILED,
                                  f"fault_proxy: upstream {self.server.upstream.url} failed: {exc}")
             return
-        state.count("forwarded")
+        state.count_outcome(call, "forwarded")
         if fault == "malformed_xml":
             resp_body = self._mangle(resp_body, call.json_protocol)
             status, reason = 200, "OK"
@@ -445,7 +571,7 @@ class ProxyHandler(BaseHTTPRequestHandler):
             return b"{\"Acc" if json_protocol else b"<Error"
         return body[: len(body) // 2]
 
-    def _send_error_fault(self, call: Call, fault: str) -> None:
+    def _send_error_fault(self, call: Call, fault: str, why: str | None = None) -> None:
         account = call.account
         if fault == "access_denied":
             principal = (f"arn:aws:sts::{account}:assumed-role/fault-proxy/fault-proxy-session"
@@ -460,7 +586,7 @@ class ProxyHandler(BaseHTTPRequestHandler):
         status, kind, code, _ = QUERY_ERRORS[fault]
         if call.json_protocol:
             status, code = JSON_ERRORS[fault]
-        self._log(call, f"{status} ({fault})")
+        self._log(call, f"{status} ({why or fault})")
         self._send_aws_error(call, status, kind, code, message)
 
     def _send_aws_error(self, call: Call, status: int, kind: str, code: str,
@@ -658,6 +784,25 @@ class ControlHandler(BaseHTTPRequestHandler):
                 state.rules = []
             log.info("rules cleared")
             return self._reply(200, [])
+        if key == ("GET", "/throttle"):
+            return self._reply(200, state.describe_rate_limit())
+        if key == ("PUT", "/throttle"):
+            try:
+                limit = RateLimit(json.loads(body or b"null"))
+            except json.JSONDecodeError as exc:
+                return self._reply(400, {"error": f"invalid JSON: {exc}"})
+            except RuleError as exc:
+                return self._reply(400, {"error": str(exc)})
+            with state.lock:
+                state.rate_limit = limit  # every account's bucket starts full
+            described = state.describe_rate_limit()
+            log.info("rate limit: %s", json.dumps(described))
+            return self._reply(200, described)
+        if key == ("DELETE", "/throttle"):
+            with state.lock:
+                state.rate_limit = None
+            log.info("rate limit off")
+            return self._reply(200, {"enabled": False})
         if key == ("GET", "/stats"):
             return self._reply(200, {"up": data.is_up, **state.stats()})
         if key == ("DELETE", "/stats"):
@@ -675,8 +820,8 @@ class ControlHandler(BaseHTTPRequestHandler):
             except OSError as exc:
                 return self._reply(500, {"error": f"cannot listen on port {data.port}: {exc}"})
             return self._reply(200, {"up": True})
-        known = {"/faults": "GET, PUT, DELETE", "/stats": "GET, DELETE",
-                 "/down": "POST", "/up": "POST"}
+        known = {"/faults": "GET, PUT, DELETE", "/throttle": "GET, PUT, DELETE",
+                 "/stats": "GET, DELETE", "/down": "POST", "/up": "POST"}
         if path in known:
             return self._reply(405, {"error": f"{self.command} {path}: allowed {known[path]}"})
         return self._reply(404, {"error": f"no such resource {path}; see fault_proxy.md"})
@@ -691,6 +836,14 @@ class ControlServer(ThreadingHTTPServer):
         self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         self.state, self.data = state, data
         super().__init__(address, ControlHandler)
+
+    def handle_error(self, request, client_address) -> None:
+        # A test's HTTP client may reset a kept-alive control connection when it is
+        # done with it (ureq does): not an error. Anything else is still printed.
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            log.debug("control connection from %s reset", client_address)
+            return
+        super().handle_error(request, client_address)
 
 
 # --------------------------------------------------------------------------
@@ -738,6 +891,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="control API port; 0 = any free port")
     parser.add_argument("--default-account", default=DEFAULT_ACCOUNT_ID,
                         help="account of requests signed with keys not learned from AssumeRole")
+    parser.add_argument("--throttle-rate", type=float, metavar="R",
+                        help="throttle like IAM from the start: R requests a second per "
+                             "account (as PUT /throttle)")
+    parser.add_argument("--throttle-burst", type=int, metavar="B",
+                        help="with --throttle-rate: each account's bucket size "
+                             "(default: R rounded up)")
     parser.add_argument("--verbose", action="store_true", help="log every request")
     parser.add_argument("--ignore-stdin", action="store_true",
                         help="do not exit on stdin EOF (for manual use, e.g. in the background)")
@@ -756,8 +915,19 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         parser.error(str(exc))
 
-    signals = catch_signals()
     state = State(args.default_account)
+    if args.throttle_burst is not None and args.throttle_rate is None:
+        parser.error("--throttle-burst needs --throttle-rate")
+    if args.throttle_rate is not None:
+        doc: dict[str, Any] = {"rate": args.throttle_rate}
+        if args.throttle_burst is not None:
+            doc["burst"] = args.throttle_burst
+        try:
+            state.rate_limit = RateLimit(doc)
+        except RuleError as exc:
+            parser.error(f"--throttle-rate/--throttle-burst: {exc}")
+
+    signals = catch_signals()
     data = DataPort(args.host, args.port, state, upstream)
     try:
         data.up()
@@ -772,6 +942,8 @@ def main(argv: list[str] | None = None) -> int:
     real_stdout.write(json.dumps(line) + "\n")
     real_stdout.flush()
     log.info("proxying %s to %s; control on %s", line["endpoint"], args.upstream, line["control"])
+    if state.rate_limit is not None:
+        log.info("rate limit: %s", json.dumps(state.describe_rate_limit()))
 
     why = wait_for_shutdown(signals, watch_stdin=not args.ignore_stdin)
     log.info("%s: stopping", why)

@@ -22,6 +22,7 @@ import sys
 import threading
 import time
 import unittest
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import boto3
@@ -138,6 +139,7 @@ class FaultProxyTest(unittest.TestCase):
 
     def setUp(self) -> None:
         self.proxy.control("DELETE", "/faults")
+        self.proxy.control("DELETE", "/throttle")
         self.proxy.control("POST", "/up")
 
     def raw(self, port: int | None = None) -> http.client.HTTPConnection:
@@ -334,6 +336,60 @@ class FaultProxyTest(unittest.TestCase):
         rules = self.proxy.control("GET", "/faults")[1]
         self.assertEqual([(r["fired"], r["remaining"]) for r in rules], [(2, 0), (1, 0)])
 
+    def test_throttle_is_iams_throttling_answer(self) -> None:
+        """Byte for byte what IAM sends when it throttles (as captured from a
+        real IAM answer): HTTP 400, text/xml, Sender/Throttling/"Rate exceeded",
+        the request id in the body and in x-amzn-RequestId."""
+        self.proxy.faults({"fault": "throttle", "operation": "ListUsers"})
+        resp = raw_request(self.raw())
+        body = resp.read().decode()
+        self.assertEqual((resp.status, resp.reason), (400, "Bad Request"))
+        self.assertEqual(resp.getheader("Content-Type"), "text/xml")
+        request_id = resp.getheader("x-amzn-RequestId")
+        self.assertRegex(request_id, r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+        self.assertEqual(body,
+                         '<ErrorResponse xmlns="https://iam.amazonaws.com/doc/2010-05-08/">\n'
+                         "  <Error>\n"
+                         "    <Type>Sender</Type>\n"
+                         "    <Code>Throttling</Code>\n"
+                         "    <Message>Rate exceeded</Message>\n"
+                         "  </Error>\n"
+                         f"  <RequestId>{request_id}</RequestId>\n"
+                         "</ErrorResponse>\n")
+        ns = "{https://iam.amazonaws.com/doc/2010-05-08/}"
+        root = ET.fromstring(body)
+        self.assertEqual(root.tag, f"{ns}ErrorResponse")
+        self.assertEqual([(e.tag, e.text) for e in root.find(f"{ns}Error")],
+                         [(f"{ns}Type", "Sender"), (f"{ns}Code", "Throttling"),
+                          (f"{ns}Message", "Rate exceeded")])
+        # botocore reads it as IAM's throttle, which its retry handler retries.
+        err = self.assertCode(self.iam.list_users, "Throttling", 400)
+        self.assertEqual(err.response["Error"]["Type"], "Sender")
+        self.assertEqual(err.response["Error"]["Message"], "Rate exceeded")
+
+    def test_consecutive_throttles_on_one_call(self) -> None:
+        """`params` picks one call among concurrent ones of the same
+        operation: N throttles in a row for alice, none for bob."""
+        self.iam.create_user(UserName="bob-params")
+        self.proxy.control("DELETE", "/stats")
+        self.proxy.faults({"fault": "throttle", "operation": "ListAccessKeys",
+                           "params": {"UserName": "alice"}, "times": 3})
+        for _ in range(3):
+            self.assertCode(lambda: self.iam.list_access_keys(UserName="alice"),
+                            "Throttling", 400)
+            self.iam.list_access_keys(UserName="bob-params")  # another user's call
+        self.iam.list_access_keys(UserName="alice")
+        rules = self.proxy.control("GET", "/faults")[1]
+        self.assertEqual(rules[0]["params"], {"UserName": "alice"})
+        self.assertEqual((rules[0]["fired"], rules[0]["remaining"]), (3, 0))
+        stats = self.proxy.stats()
+        self.assertEqual(stats["throttled_by_account_operation"],
+                         {DEFAULT_ACCOUNT: {"ListAccessKeys": 3}})
+        self.assertEqual(stats["forwarded_by_account_operation"],
+                         {DEFAULT_ACCOUNT: {"ListAccessKeys": 4}})
+        self.assertEqual((stats["throttled"], stats["rate_limited"]), (3, 0))
+        self.iam.delete_user(UserName="bob-params")
+
     def test_rule_without_operation_matches_everything(self) -> None:
         self.proxy.faults({"fault": "http_503", "times": 2})
         self.assertCode(self.iam.list_users, "ServiceUnavailable", 503)
@@ -367,7 +423,9 @@ class FaultProxyTest(unittest.TestCase):
         self.proxy.faults({"fault": "throttle"})
         for bad in ({"fault": "explode"}, {"fault": "throttle", "operaton": "ListUsers"},
                     {"fault": "slow"}, {"fault": "throttle", "delay_seconds": 1},
-                    {"fault": "throttle", "times": 0}, {"fault": "throttle", "account_id": 2}):
+                    {"fault": "throttle", "times": 0}, {"fault": "throttle", "account_id": 2},
+                    {"fault": "throttle", "params": {}}, {"fault": "throttle", "params": ["x"]},
+                    {"fault": "throttle", "params": {"UserName": 1}}):
             with self.subTest(bad):
                 status, doc = self.proxy.control("PUT", "/faults", [bad])
                 self.assertEqual(status, 400)
@@ -413,6 +471,184 @@ class FaultProxyTest(unittest.TestCase):
         self.assertEqual(self.proxy.control("POST", "/up"), (200, {"up": True}))
         self.assertIn("alice", [u["UserName"] for u in self.iam.list_users()["Users"]])
         self.assertEqual(self.proxy.control("POST", "/up"), (200, {"up": True}))
+
+
+class RateLimitTest(unittest.TestCase):
+    """The IAM-like throttling of PUT /throttle: a token bucket per account."""
+
+    proxy: Proxy
+
+    @classmethod
+    def setUpClass(cls) -> None:
+        cls.proxy = Proxy()
+        cls.iam = cls.proxy.client("iam")
+        # A second account: keys learned from an AssumeRole through the proxy.
+        creds = cls.proxy.client("sts").assume_role(
+            RoleArn=f"arn:aws:iam::{OTHER_ACCOUNT}:role/auditor",
+            RoleSessionName="rate-limit-test")["Credentials"]
+        cls.other = cls.proxy.client("iam", aws_access_key_id=creds["AccessKeyId"],
+                                     aws_secret_access_key=creds["SecretAccessKey"],
+                                     aws_session_token=creds["SessionToken"])
+
+    @classmethod
+    def tearDownClass(cls) -> None:
+        if cls.proxy.stop() != 0:
+            raise AssertionError("fault_proxy did not exit 0")
+
+    def setUp(self) -> None:
+        self.proxy.control("DELETE", "/faults")
+        self.proxy.control("DELETE", "/throttle")
+        self.proxy.control("DELETE", "/stats")
+
+    def throttle(self, **doc) -> dict:
+        status, out = self.proxy.control("PUT", "/throttle", doc)
+        self.assertEqual(status, 200, out)
+        return out
+
+    def outcomes(self, client, n: int) -> list[str]:
+        """n ListUsers calls at once, one after another: 'ok' or the error code."""
+        out = []
+        for _ in range(n):
+            try:
+                client.list_users()
+                out.append("ok")
+            except ClientError as exc:
+                out.append(exc.response["Error"]["Code"])
+        return out
+
+    def test_burst_then_throttled(self) -> None:
+        said = self.throttle(rate=0.5, burst=5)
+        self.assertEqual(said, {"enabled": True, "rate": 0.5, "burst": 5, "service": None,
+                                "accounts": {}})
+        self.assertEqual(self.outcomes(self.iam, 7), ["ok"] * 5 + ["Throttling"] * 2)
+        stats = self.proxy.stats()
+        self.assertEqual((stats["requests"], stats["forwarded"]), (7, 5))
+        self.assertEqual((stats["throttled"], stats["rate_limited"]), (2, 2))
+        self.assertEqual(stats["faults"]["throttle"], 0, "no rule fired")
+        self.assertEqual(stats["forwarded_by_account_operation"],
+                         {DEFAULT_ACCOUNT: {"ListUsers": 5}})
+        self.assertEqual(stats["throttled_by_account_operation"],
+                         {DEFAULT_ACCOUNT: {"ListUsers": 2}})
+        bucket = self.proxy.control("GET", "/throttle")[1]["accounts"][DEFAULT_ACCOUNT]
+        self.assertEqual(bucket["throttled"], 2)
+        self.assertLess(bucket["tokens"], 1)
+
+    def test_over_rate_answer_is_iams_and_not_forwarded(self) -> None:
+        self.throttle(rate=0.1, burst=1)
+        conn = http.client.HTTPConnection("127.0.0.1", self.proxy.port, timeout=10)
+        self.addCleanup(conn.close)
+        first = raw_request(conn)
+        first.read()
+        self.assertEqual(first.status, 200)
+        resp = raw_request(conn)
+        body = resp.read()
+        self.assertEqual(resp.status, 400)
+        self.assertEqual(resp.getheader("Content-Type"), "text/xml")
+        self.assertFalse(resp.will_close, "the connection stays open")
+        request_id = resp.getheader("x-amzn-RequestId")
+        self.assertIn(f"<RequestId>{request_id}</RequestId>".encode(), body)
+        self.assertIn(b"<Type>Sender</Type>\n    <Code>Throttling</Code>\n"
+                      b"    <Message>Rate exceeded</Message>", body)
+        self.assertEqual(self.proxy.stats()["forwarded"], 1)
+
+    def test_refill_at_the_rate(self) -> None:
+        self.throttle(rate=10, burst=1)
+        self.assertEqual(self.outcomes(self.iam, 2), ["ok", "Throttling"])
+        time.sleep(0.15)  # 1.5 tokens' worth, capped at the burst of 1
+        self.assertEqual(self.outcomes(self.iam, 2), ["ok", "Throttling"])
+        # Back to back for a while: the burst plus rate x time get through.
+        self.throttle(rate=20, burst=2)
+        start, admitted = time.monotonic(), 0
+        while time.monotonic() - start < 1.5:
+            admitted += self.outcomes(self.iam, 1) == ["ok"]
+        elapsed = time.monotonic() - start
+        self.assertGreaterEqual(admitted, int(20 * 1.5 * 0.8))
+        self.assertLessEqual(admitted, 2 + 20 * elapsed + 1)
+        self.assertGreater(self.proxy.stats()["rate_limited"], 0)
+
+    def test_each_account_has_its_own_bucket(self) -> None:
+        self.throttle(rate=0.1, burst=2)
+        self.assertEqual(self.outcomes(self.iam, 3), ["ok", "ok", "Throttling"])
+        # The default account's bucket is empty; the other account's is full.
+        self.assertEqual(self.outcomes(self.other, 3), ["ok", "ok", "Throttling"])
+        self.assertEqual(self.outcomes(self.iam, 1), ["Throttling"])
+        stats = self.proxy.stats()
+        self.assertEqual(stats["throttled_by_account_operation"],
+                         {DEFAULT_ACCOUNT: {"ListUsers": 2}, OTHER_ACCOUNT: {"ListUsers": 1}})
+        self.assertEqual(stats["forwarded_by_account_operation"],
+                         {DEFAULT_ACCOUNT: {"ListUsers": 2}, OTHER_ACCOUNT: {"ListUsers": 2}})
+        accounts = self.proxy.control("GET", "/throttle")[1]["accounts"]
+        self.assertEqual({a: b["throttled"] for a, b in accounts.items()},
+                         {DEFAULT_ACCOUNT: 2, OTHER_ACCOUNT: 1})
+        # Replacing the limit refills every bucket.
+        self.throttle(rate=0.1, burst=1)
+        self.assertEqual(self.outcomes(self.iam, 2), ["ok", "Throttling"])
+        self.assertEqual(self.outcomes(self.other, 2), ["ok", "Throttling"])
+
+    def test_service_and_protocols(self) -> None:
+        self.throttle(rate=0.1, burst=1, service="iam")
+        sts = self.proxy.client("sts")
+        for _ in range(3):
+            sts.get_caller_identity()  # not IAM: no token taken
+        self.assertEqual(self.outcomes(self.iam, 2), ["ok", "Throttling"])
+        # Organizations (JSON protocol) throttled in its own shape.
+        self.throttle(rate=0.1, burst=1)
+        orgs = self.proxy.client("organizations")
+        try:
+            orgs.describe_organization()
+        except ClientError:
+            pass  # no organization: still took the token
+        with self.assertRaises(ClientError) as ctx:
+            orgs.list_accounts()
+        self.assertEqual(ctx.exception.response["Error"]["Code"], "TooManyRequestsException")
+        self.assertEqual(ctx.exception.response["ResponseMetadata"]["HTTPStatusCode"], 400)
+
+    def test_rate_limit_before_rules(self) -> None:
+        """Over the rate, no rule is consulted (none fires); under it, the
+        request took a token and the rules apply."""
+        self.throttle(rate=0.1, burst=1)
+        self.proxy.faults({"fault": "http_500", "operation": "ListUsers", "times": 1})
+        self.assertEqual(self.outcomes(self.iam, 3), ["InternalFailure", "Throttling",
+                                                      "Throttling"])
+        self.assertEqual(self.proxy.control("GET", "/faults")[1][0]["fired"], 1)
+
+    def test_an_sdk_retrying_with_backoff_gets_through(self) -> None:
+        self.throttle(rate=5, burst=1)
+        retrying = boto3.client("iam", endpoint_url=self.proxy.endpoint,
+                                region_name="us-east-1", **TEST_CREDS,
+                                config=Config(retries={"total_max_attempts": 20,
+                                                       "mode": "standard"}))
+        for _ in range(6):
+            retrying.list_users()
+        stats = self.proxy.stats()
+        self.assertEqual(stats["forwarded"], 6)
+        self.assertGreater(stats["throttled"], 0)
+        self.assertEqual(stats["requests"], stats["forwarded"] + stats["throttled"])
+
+    def test_off_and_stats_reset(self) -> None:
+        self.throttle(rate=0.1, burst=1)
+        self.assertEqual(self.outcomes(self.iam, 2), ["ok", "Throttling"])
+        self.assertEqual(self.proxy.control("DELETE", "/stats")[1]["throttled"], 0)
+        accounts = self.proxy.control("GET", "/throttle")[1]["accounts"]
+        self.assertEqual(accounts[DEFAULT_ACCOUNT]["throttled"], 0)
+        self.assertLess(accounts[DEFAULT_ACCOUNT]["tokens"], 1, "the bucket is kept")
+        self.assertEqual(self.proxy.control("DELETE", "/throttle"), (200, {"enabled": False}))
+        self.assertEqual(self.proxy.control("GET", "/throttle"), (200, {"enabled": False}))
+        self.assertEqual(self.outcomes(self.iam, 3), ["ok"] * 3)
+
+    def test_invalid_limits_rejected(self) -> None:
+        self.throttle(rate=3, burst=4)
+        for bad in ({}, {"rate": 0}, {"rate": -1}, {"rate": "20"}, {"rate": True},
+                    {"rate": 20, "burst": 0}, {"rate": 20, "burst": 1.5},
+                    {"rate": 20, "service": ""}, {"rate": 20, "brust": 20}, [20], None):
+            with self.subTest(bad):
+                status, doc = self.proxy.control("PUT", "/throttle", bad)
+                self.assertEqual(status, 400, doc)
+                self.assertIn("error", doc)
+        said = self.proxy.control("GET", "/throttle")[1]
+        self.assertEqual((said["rate"], said["burst"]), (3, 4), "the limit is kept")
+        self.assertEqual(self.throttle(rate=2.5)["burst"], 3, "one second's worth")
+        self.assertEqual(self.proxy.control("POST", "/throttle")[0], 405)
 
 
 # moto with request authentication on (after 3 unauthenticated calls), in its
@@ -487,6 +723,29 @@ class LifecycleTest(unittest.TestCase):
             self.assertEqual((proxy.port, proxy.control_port), tuple(ports))
         finally:
             self.assertEqual(proxy.stop(), 0)
+
+    def test_throttle_flags(self) -> None:
+        proxy = Proxy("--throttle-rate", "0.1", "--throttle-burst", "2")
+        try:
+            said = proxy.control("GET", "/throttle")[1]
+            self.assertEqual((said["rate"], said["burst"], said["service"]), (0.1, 2, None))
+            iam = proxy.client("iam")
+            iam.list_users()
+            iam.list_users()
+            with self.assertRaises(ClientError) as ctx:
+                iam.list_users()
+            self.assertEqual(ctx.exception.response["Error"]["Code"], "Throttling")
+        finally:
+            self.assertEqual(proxy.stop(), 0)
+        for bad in (["--throttle-burst", "2"], ["--throttle-rate", "0"],
+                    ["--throttle-rate", "5", "--throttle-burst", "0"],
+                    ["--throttle-rate", "inf"]):
+            with self.subTest(bad):
+                run = subprocess.run([sys.executable, str(PROXY), "--upstream", upstream_url,
+                                      *bad], stdin=subprocess.DEVNULL, capture_output=True,
+                                     timeout=30)
+                self.assertEqual(run.returncode, 2, run.stderr)
+                self.assertEqual(run.stdout, b"")
 
     def test_upstream_down_is_502(self) -> None:
         with socket.socket() as s:  # a port nobody listens on
