@@ -555,17 +555,9 @@ fn connections_beyond_the_cap_wait_until_one_closes() {
 
 /// `--once` with the test environment of `Exporter` (shortened polls) and `extra` flags.
 fn once_against(endpoint: &str, extra: &[&str]) -> (Metrics, String) {
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_iam-key-exporter"))
+    let output = exporter_command()
         .arg("--once")
         .args(extra)
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("AWS_ACCESS_KEY_ID", TEST_ACCESS_KEY)
-        .env("AWS_SECRET_ACCESS_KEY", TEST_SECRET)
-        .env("AWS_REGION", "us-east-1")
-        .env("AWS_CONFIG_FILE", "/dev/null")
-        .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
-        .env("AWS_EC2_METADATA_DISABLED", "true")
         .env("IAM_KEY_EXPORTER_AWS__ENDPOINT_URL", endpoint)
         .env("IAM_KEY_EXPORTER_SERVICE_ACCESS__POLL_INTERVAL", "100ms")
         .env(

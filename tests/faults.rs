@@ -362,16 +362,8 @@ fn denied_account_summary_degrades_only_the_root_key_fact() {
 /// nothing here tunes retries, timeouts or the request rate. Service-last-accessed (a
 /// separate pass) is off. Returns whether it succeeded, its exposition and its log.
 fn refresh_once_at_aws_defaults(proxy: &FaultProxy) -> (bool, Metrics, String) {
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_iam-key-exporter"))
+    let output = exporter_command()
         .arg("--once")
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("AWS_ACCESS_KEY_ID", TEST_ACCESS_KEY)
-        .env("AWS_SECRET_ACCESS_KEY", TEST_SECRET)
-        .env("AWS_REGION", "us-east-1")
-        .env("AWS_CONFIG_FILE", "/dev/null")
-        .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
-        .env("AWS_EC2_METADATA_DISABLED", "true")
         .env("IAM_KEY_EXPORTER_AWS__ENDPOINT_URL", &proxy.endpoint)
         .env("IAM_KEY_EXPORTER_SERVICE_ACCESS__ENABLED", "false")
         .output()

@@ -184,6 +184,23 @@ impl Drop for Moto {
     }
 }
 
+/// The exporter binary with the test credentials and nothing else of this process's
+/// environment: no shared config files, no instance metadata, every setting at its
+/// default until the caller adds one.
+pub fn exporter_command() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_iam-key-exporter"));
+    command
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("AWS_ACCESS_KEY_ID", TEST_ACCESS_KEY)
+        .env("AWS_SECRET_ACCESS_KEY", TEST_SECRET)
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_CONFIG_FILE", "/dev/null")
+        .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
+        .env("AWS_EC2_METADATA_DISABLED", "true");
+    command
+}
+
 /// The exporter binary, started with settings from the environment.
 pub struct Exporter {
     child: Child,
@@ -202,19 +219,10 @@ impl Exporter {
 
     /// Starts the exporter with extra flags and environment, without an IAM endpoint.
     pub fn start_with(args: &[&str], env: &[(&str, &str)]) -> Exporter {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_iam-key-exporter"));
+        let mut command = exporter_command();
         command
             .args(["--web.listen-address", "127.0.0.1:0"])
             .args(args)
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("AWS_ACCESS_KEY_ID", TEST_ACCESS_KEY)
-            .env("AWS_SECRET_ACCESS_KEY", TEST_SECRET)
-            .env("AWS_REGION", "us-east-1")
-            // No shared config files or instance metadata: only what the test gives.
-            .env("AWS_CONFIG_FILE", "/dev/null")
-            .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
-            .env("AWS_EC2_METADATA_DISABLED", "true")
             .env("IAM_KEY_EXPORTER_AWS__MAX_ATTEMPTS", "2")
             .env("IAM_KEY_EXPORTER_AWS__ATTEMPT_TIMEOUT", "5s")
             .env("IAM_KEY_EXPORTER_AWS__CALL_TIMEOUT", "5s")
