@@ -90,7 +90,8 @@ bench_throttled() {
         forwarded=$(target/peers/venv/bin/python -c 'import json,sys; print(json.load(sys.stdin)["forwarded"])' <<<"$stats")
         throttled=$(target/peers/venv/bin/python -c 'import json,sys; print(json.load(sys.stdin)["throttled"])' <<<"$stats")
         requests=$(grep '^iam_key_exporter_aws_requests_total{' <<<"$out" | awk '{s+=$2} END {print s+0}')
-        errors=$(grep '^iam_key_exporter_aws_errors_total{' <<<"$out" | awk '{s+=$2} END {print s+0}')
+        # No series at all when no call failed: grep finds nothing, and that is 0.
+        errors=$({ grep '^iam_key_exporter_aws_errors_total{' <<<"$out" || true; } | awk '{s+=$2} END {print s+0}')
         ratio=n/a
         [ "$forwarded" -gt 0 ] && ratio=$(printf '%.2f' "$(echo "scale=4; $wall * $rate / $forwarded" | bc)")
         echo "run $i: success $ok, wall $wall s, calls $forwarded (forwarded), throttled $throttled, requests counted by the exporter $requests, errors $errors, wall/(calls/$rate) $ratio"
