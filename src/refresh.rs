@@ -641,6 +641,35 @@ pub async fn refresh_service_access_once(fleet: &Fleet, settings: &Settings, sha
     shared.refresh_exposition();
 }
 
+/// One user's service-last-accessed job, counted by result and stored for the publisher.
+async fn one_job(
+    account: &Account,
+    clients: &Clients,
+    policy: JobPolicy,
+    shared: &Shared,
+    arn: String,
+) -> Result<(), IamError> {
+    let metrics = &shared.metrics;
+    // A job waits while the account's keys refresh: the keys come first in the account's
+    // request rate, and the jobs already running only finish.
+    drop(account.refreshing_keys.read().await);
+    let result = iam::service_counts(&clients.iam, metrics, &arn, policy).await;
+    let label = match &result {
+        Ok(_) => "completed",
+        Err(IamError::JobFailed { .. }) => "failed",
+        Err(IamError::JobTimedOut { .. }) => "timeout",
+        Err(_) => "error",
+    };
+    metrics
+        .service_access_jobs_total
+        .with_label_values(&[label])
+        .inc();
+    shared
+        .set_service_counts(&account.target.key, arn, result?)
+        .await;
+    Ok(())
+}
+
 async fn account_service_access(
     account: &Account,
     clients: &Clients,
@@ -662,28 +691,27 @@ async fn account_service_access(
         shared.users_with_keys(key).await
     };
     let count = users.len();
-    let results: Vec<Result<(), IamError>> = stream::iter(users)
-        .map(|(_, arn)| async move {
-            // A job waits while the account's keys refresh: the keys come first in the
-            // account's request rate, and the jobs already running only finish.
-            drop(account.refreshing_keys.read().await);
-            let result = iam::service_counts(&clients.iam, metrics, &arn, policy).await;
-            let label = match &result {
-                Ok(_) => "completed",
-                Err(IamError::JobFailed { .. }) => "failed",
-                Err(IamError::JobTimedOut { .. }) => "timeout",
-                Err(_) => "error",
-            };
-            metrics
-                .service_access_jobs_total
-                .with_label_values(&[label])
-                .inc();
-            shared.set_service_counts(key, arn, result?).await;
-            Ok(())
-        })
-        .buffer_unordered(settings.max_concurrent_jobs)
-        .collect()
-        .await;
+    let mut users = users.into_iter();
+    // While IAM denies the jobs in this account, one job asks whether it still does,
+    // instead of one denied call per user every pass.
+    let mut results = Vec::new();
+    if account.source.degraded.is_off(Feature::ServiceAccess)
+        && let Some((_, arn)) = users.next()
+    {
+        let probe = one_job(account, clients, policy, shared, arn).await;
+        let denied = probe.as_ref().is_err_and(IamError::is_access_denied);
+        results.push(probe);
+        if denied {
+            users = Vec::new().into_iter();
+        }
+    }
+    results.extend(
+        stream::iter(users)
+            .map(|(_, arn)| one_job(account, clients, policy, shared, arn))
+            .buffer_unordered(settings.max_concurrent_jobs)
+            .collect::<Vec<_>>()
+            .await,
+    );
 
     let account_id = account.id();
     let degraded = &account.source.degraded;

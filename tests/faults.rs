@@ -539,3 +539,51 @@ fn an_account_behind_a_throttling_peer_refreshes_with_no_error() {
         );
     }
 }
+
+// While IAM denies the jobs, a pass asks with one job, not one per user: a denied
+// permission must not cost a call per user every interval.
+#[test]
+fn a_denied_service_access_pass_asks_with_one_job() {
+    let Some(rig) = rig(
+        &[
+            ("IAM_KEY_EXPORTER_SERVICE_ACCESS__ENABLED", "true"),
+            ("IAM_KEY_EXPORTER_SERVICE_ACCESS__INTERVAL", "1s"),
+        ],
+        &[],
+    ) else {
+        return;
+    };
+    let exporter = &rig.exporter;
+    let operation = "GenerateServiceLastAccessedDetails";
+    let degraded = [
+        ("account_id", rig.account.as_str()),
+        ("feature", "service_access"),
+    ];
+    rig.proxy
+        .inject(json!([{"fault": "access_denied", "operation": operation}]));
+    wait_for("the feature degraded", LIMIT, || {
+        let m = exporter.metrics();
+        (m.get("iam_key_exporter_account_feature_degraded", &degraded) == Some(1.0)).then_some(())
+    });
+    // The denied calls seen at the end of each pass: one more per pass.
+    let mut at_pass_end: Vec<f64> = Vec::new();
+    let mut last_run = None;
+    wait_for("four passes while denied", LIMIT, || {
+        let m = exporter.metrics();
+        let run = m.get(
+            "iam_key_exporter_service_access_last_run_timestamp_seconds",
+            &[],
+        );
+        if run != last_run {
+            last_run = run;
+            at_pass_end.push(errors(&m, operation, "AccessDenied"));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+        (at_pass_end.len() >= 5).then_some(())
+    });
+    let per_pass: Vec<f64> = at_pass_end.windows(2).map(|w| w[1] - w[0]).collect();
+    assert!(
+        per_pass.iter().skip(1).all(|n| *n == 1.0),
+        "denied calls per pass: {per_pass:?}"
+    );
+}
