@@ -373,15 +373,34 @@ fn refresh_once_at_aws_defaults(proxy: &FaultProxy) -> (bool, Metrics, String) {
     (output.status.success(), metrics, logs)
 }
 
-/// Every failed call, whatever its operation and code. GetCredentialReport's answers that
-/// a report must be generated first (moto starts without one) are the report's states,
-/// which the exporter does not count as errors.
-fn failed_calls(metrics: &Metrics) -> Vec<(&String, &f64)> {
-    metrics
+/// The refresh succeeded, for `account` too, and no call failed after its retries
+/// (whatever its operation and code). GetCredentialReport's answers that a report must be
+/// generated first (moto starts without one) are the report's states, which the exporter
+/// does not count as errors.
+fn assert_refreshed_with_no_failed_call(metrics: &Metrics, account: &str, context: &str) {
+    assert_eq!(
+        metrics.value("iam_key_exporter_refresh_success", &[]),
+        1.0,
+        "{context}refresh_success"
+    );
+    assert_eq!(
+        metrics.value(
+            "iam_key_exporter_account_refresh_success",
+            &[("account_id", account), ("account_name", "")]
+        ),
+        1.0,
+        "{context}account_refresh_success"
+    );
+    let failed: Vec<(&String, &f64)> = metrics
         .0
         .iter()
         .filter(|(k, v)| k.starts_with("iam_key_exporter_aws_errors_total{") && **v > 0.0)
-        .collect()
+        .collect();
+    assert_eq!(
+        failed,
+        Vec::<(&String, &f64)>::new(),
+        "{context}no call failed"
+    );
 }
 
 /// The exporter's `iam_key_exporter_aws_requests_total` by operation (non-zero only).
@@ -445,20 +464,8 @@ fn five_consecutive_throttles_on_one_call_do_not_fail_the_refresh() {
         stats["faults"]["throttle"], 5,
         "the peer answered all five throttles: {stats}"
     );
-    assert_eq!(metrics.value("iam_key_exporter_refresh_success", &[]), 1.0);
-    assert_eq!(
-        metrics.value(
-            "iam_key_exporter_account_refresh_success",
-            &[("account_id", &account), ("account_name", "")]
-        ),
-        1.0
-    );
     assert_eq!(errors_with_code(&metrics, "Throttling"), 0.0);
-    assert_eq!(
-        failed_calls(&metrics),
-        Vec::<(&String, &f64)>::new(),
-        "no call failed"
-    );
+    assert_refreshed_with_no_failed_call(&metrics, &account, "");
     // Every attempt is counted: the user's six, and one for each other user.
     let listed = metrics.aws_requests("ListAccessKeys");
     assert!(
@@ -498,19 +505,7 @@ fn an_account_behind_a_throttling_peer_refreshes_with_no_error() {
             requests_by_operation(&metrics).values().sum::<f64>()
         );
         assert!(succeeded, "run {run}: the refresh failed: {stats}\n{logs}");
-        assert_eq!(metrics.value("iam_key_exporter_refresh_success", &[]), 1.0);
-        assert_eq!(
-            metrics.value(
-                "iam_key_exporter_account_refresh_success",
-                &[("account_id", &account), ("account_name", "")]
-            ),
-            1.0
-        );
-        assert_eq!(
-            failed_calls(&metrics),
-            Vec::<(&String, &f64)>::new(),
-            "run {run}: no call failed"
-        );
+        assert_refreshed_with_no_failed_call(&metrics, &account, &format!("run {run}: "));
         let keys = metrics
             .0
             .keys()

@@ -93,15 +93,23 @@ pub struct Moto {
 
 impl Moto {
     pub fn start(scenario: &Path) -> Option<Moto> {
-        let python = moto_python();
-        if !require_peer("moto", &python) {
+        let scenario = scenario.to_str().expect("a UTF-8 path");
+        Moto::spawn(&["--scenario", scenario])
+    }
+
+    /// moto in bench mode: `users` generated users with 2 keys each, no scenario.
+    pub fn start_bench(users: usize) -> Option<Moto> {
+        Moto::spawn(&["--bench-users", &users.to_string()])
+    }
+
+    /// moto_server.py with `args` on a free loopback port, or `None` without the peer.
+    fn spawn(args: &[&str]) -> Option<Moto> {
+        if !require_peer("moto", &moto_python()) {
             return None;
         }
-        let scenario = scenario.to_str().expect("a UTF-8 path");
-        let (child, stdin, seeded) = spawn_peer(
-            "moto_server.py",
-            &["--scenario", scenario, "--host", "127.0.0.1", "--port", "0"],
-        );
+        let mut all = args.to_vec();
+        all.extend(["--host", "127.0.0.1", "--port", "0"]);
+        let (child, stdin, seeded) = spawn_peer("moto_server.py", &all);
         let endpoint = seeded["endpoint"].as_str().unwrap().to_string();
         Some(Moto {
             child,
@@ -114,32 +122,6 @@ impl Moto {
     pub fn stop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-    }
-
-    /// moto in bench mode: `users` generated users with 2 keys each, no scenario.
-    pub fn start_bench(users: usize) -> Option<Moto> {
-        if !require_peer("moto", &moto_python()) {
-            return None;
-        }
-        let users = users.to_string();
-        let (child, stdin, seeded) = spawn_peer(
-            "moto_server.py",
-            &[
-                "--bench-users",
-                &users,
-                "--host",
-                "127.0.0.1",
-                "--port",
-                "0",
-            ],
-        );
-        let endpoint = seeded["endpoint"].as_str().unwrap().to_string();
-        Some(Moto {
-            child,
-            _stdin: stdin,
-            endpoint,
-            seeded,
-        })
     }
 
     /// An IAM client for changing the scenario while the exporter runs.

@@ -759,6 +759,17 @@ class ControlHandler(BaseHTTPRequestHandler):
     def _body(self) -> bytes:
         return self.rfile.read(int(self.headers.get("Content-Length") or 0))
 
+    def _parse(self, body: bytes, parse) -> tuple[bool, Any]:
+        """(True, parse(the body's JSON)), or (False, None) after answering 400 with
+        what is wrong with it."""
+        try:
+            return True, parse(json.loads(body or b"null"))
+        except json.JSONDecodeError as exc:
+            self._reply(400, {"error": f"invalid JSON: {exc}"})
+        except RuleError as exc:
+            self._reply(400, {"error": str(exc)})
+        return False, None
+
     def _route(self) -> None:
         state, data = self.server.state, self.server.data
         path = urlsplit(self.path).path.rstrip("/")
@@ -768,12 +779,9 @@ class ControlHandler(BaseHTTPRequestHandler):
             with state.lock:
                 return self._reply(200, [r.describe() for r in state.rules])
         if key == ("PUT", "/faults"):
-            try:
-                rules = parse_rules(json.loads(body or b"null"))
-            except json.JSONDecodeError as exc:
-                return self._reply(400, {"error": f"invalid JSON: {exc}"})
-            except RuleError as exc:
-                return self._reply(400, {"error": str(exc)})
+            parsed, rules = self._parse(body, parse_rules)
+            if not parsed:
+                return None
             with state.lock:
                 state.rules = rules
                 described = [r.describe() for r in rules]
@@ -787,12 +795,9 @@ class ControlHandler(BaseHTTPRequestHandler):
         if key == ("GET", "/throttle"):
             return self._reply(200, state.describe_rate_limit())
         if key == ("PUT", "/throttle"):
-            try:
-                limit = RateLimit(json.loads(body or b"null"))
-            except json.JSONDecodeError as exc:
-                return self._reply(400, {"error": f"invalid JSON: {exc}"})
-            except RuleError as exc:
-                return self._reply(400, {"error": str(exc)})
+            parsed, limit = self._parse(body, RateLimit)
+            if not parsed:
+                return None
             with state.lock:
                 state.rate_limit = limit  # every account's bucket starts full
             described = state.describe_rate_limit()
