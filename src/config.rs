@@ -32,6 +32,7 @@ pub struct Settings {
     pub organizations: OrganizationsSettings,
     pub shard: ShardSettings,
     pub tags: TagSettings,
+    pub change_feed: ChangeFeedSettings,
 }
 
 /// One account to watch. Without `role_arn` it is the account of the exporter's own
@@ -219,6 +220,21 @@ pub struct RefreshSettings {
     pub concurrency: usize,
     /// Accounts refreshed at once, across all accounts.
     pub max_concurrent_accounts: usize,
+    /// How often every user is listed, whatever the change feed says.
+    #[serde(deserialize_with = "duration")]
+    pub full_interval: Duration,
+}
+
+/// Following IAM's changes through CloudTrail's event history.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChangeFeedSettings {
+    pub enabled: bool,
+    /// How far each poll looks back before the previous one's end, for late events.
+    #[serde(deserialize_with = "duration")]
+    pub overlap: Duration,
+    /// The region whose event history holds IAM's events.
+    pub region: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -550,6 +566,20 @@ impl Settings {
             "must be between 1 and 64",
         )?;
 
+        check(
+            refresh.full_interval >= refresh.interval,
+            "refresh.full_interval",
+            humantime::format_duration(refresh.full_interval).to_string(),
+            "must be at least refresh.interval",
+        )?;
+        check_duration("change_feed.overlap", self.change_feed.overlap)?;
+        check(
+            !self.change_feed.region.is_empty(),
+            "change_feed.region",
+            &self.change_feed.region,
+            "must not be empty",
+        )?;
+
         let access = &self.service_access;
         check_duration("service_access.interval", access.interval)?;
         check_duration("service_access.poll_interval", access.poll_interval)?;
@@ -805,6 +835,10 @@ mod tests {
         assert_eq!(s.refresh.interval, Duration::from_secs(300));
         assert_eq!(s.refresh.concurrency, 4);
         assert_eq!(s.service_access.interval, Duration::from_secs(3600));
+        assert_eq!(s.refresh.full_interval, Duration::from_secs(6 * 3600));
+        assert!(s.change_feed.enabled);
+        assert_eq!(s.change_feed.overlap, Duration::from_secs(900));
+        assert_eq!(s.change_feed.region, "us-east-1");
         assert_eq!(s.aws.region, None);
         assert_eq!(s.aws.endpoint_url, None);
     }

@@ -20,14 +20,17 @@ pub enum Feature {
     Tags,
     /// Service-last-accessed jobs: the service counts.
     ServiceAccess,
+    /// CloudTrail's LookupEvents: without it every refresh lists every user.
+    ChangeFeed,
 }
 
 impl Feature {
-    pub const ALL: [Feature; 4] = [
+    pub const ALL: [Feature; 5] = [
         Feature::RootKeys,
         Feature::CredentialReport,
         Feature::Tags,
         Feature::ServiceAccess,
+        Feature::ChangeFeed,
     ];
 
     pub fn name(self) -> &'static str {
@@ -36,6 +39,7 @@ impl Feature {
             Feature::CredentialReport => "credential_report",
             Feature::Tags => "tags",
             Feature::ServiceAccess => "service_access",
+            Feature::ChangeFeed => "change_feed",
         }
     }
 
@@ -48,6 +52,7 @@ impl Feature {
             Feature::ServiceAccess => {
                 "iam:GenerateServiceLastAccessedDetails and iam:GetServiceLastAccessedDetails"
             }
+            Feature::ChangeFeed => "cloudtrail:LookupEvents and iam:GetUser",
         }
     }
 }

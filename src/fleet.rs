@@ -3,7 +3,7 @@
 //! discovery the set is read again every `organizations.interval`; a failed read keeps
 //! the previous set.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
@@ -15,7 +15,7 @@ use crate::features::Feature;
 use crate::iam::{self, AwsBase, CallerIdentity, Clients, IamError};
 use crate::inventory::unix_seconds;
 use crate::metrics::ExporterMetrics;
-use crate::source::{Origin, Source};
+use crate::source::{FeedPolicy, Origin, Source};
 
 /// One watched account.
 pub struct Account {
@@ -27,9 +27,40 @@ pub struct Account {
     /// takes it for reading before it starts, so new jobs wait and the key refresh has the
     /// account's request rate to itself, delayed only by the few jobs already running.
     pub refreshing_keys: tokio::sync::RwLock<()>,
+    /// What the change feed told the tag and service-access passes, kept until they use it.
+    pub followed: Mutex<Followed>,
     /// The health metrics' label values last used, so they can be removed when they change
     /// (the own account's id becomes known) or the account leaves.
     labels: Mutex<Option<[String; 2]>>,
+}
+
+/// What the slower passes need to know of the change feed, so that they too cost what
+/// changed: with the feed working, tags are read for the users events name, and a user's
+/// service-access job runs again only when its permissions changed or it was active
+/// since its last job. Each pass still reads everyone every `refresh.full_interval`.
+#[derive(Debug, Default)]
+pub struct Followed {
+    /// The last key refresh followed the feed (it did not list every user).
+    pub following: bool,
+    /// Users (lowercased names: IAM matches names regardless of case) whose own
+    /// permissions changed since their last job.
+    pub permissions: HashSet<String>,
+    /// A group's or a managed policy's permissions changed since the last pass.
+    pub all_permissions: bool,
+    /// When every user's tags were last read.
+    pub tags_read_at: Option<Instant>,
+    /// When every user's job last ran.
+    pub jobs_run_at: Option<Instant>,
+    /// By user ARN: the user's last activity when its last job ran. A user with no
+    /// activity since cannot have used a service since, so its counts still hold.
+    pub job_activity: HashMap<String, Option<SystemTime>>,
+}
+
+impl Followed {
+    /// True when a pass last run at `at` must read everyone now.
+    pub fn whole_pass_due(&self, at: Option<Instant>, full_interval: std::time::Duration) -> bool {
+        !self.following || at.is_none_or(|at| at.elapsed() >= full_interval)
+    }
 }
 
 impl Account {
@@ -39,6 +70,7 @@ impl Account {
             source,
             last_success: Mutex::new(None),
             refreshing_keys: tokio::sync::RwLock::new(()),
+            followed: Mutex::default(),
             labels: Mutex::new(None),
         }
     }
@@ -111,7 +143,11 @@ impl Fleet {
     pub async fn new(settings: &Settings, metrics: Arc<ExporterMetrics>) -> Fleet {
         let base = match settings.source.kind {
             SourceKind::CredentialReportFile => None,
-            _ => Some(AwsBase::load(&settings.aws, metrics).await),
+            _ => Some(
+                AwsBase::load(&settings.aws, metrics)
+                    .await
+                    .with_change_feed_region(&settings.change_feed.region),
+            ),
         };
         Fleet {
             settings: settings.clone(),
@@ -178,6 +214,10 @@ impl Fleet {
                 &settings.source,
                 settings.refresh.concurrency,
                 target.account_id.clone(),
+                settings.change_feed.enabled.then_some(FeedPolicy {
+                    overlap: settings.change_feed.overlap,
+                    full_interval: settings.refresh.full_interval,
+                }),
             ),
             (None, Some(path)) => Origin::file(path.clone()),
             (None, None) => unreachable!("validated: a report file source names its file"),

@@ -116,6 +116,19 @@ impl Inventory {
     }
 }
 
+impl User {
+    /// The user's latest sign-in or key use that IAM has told of: a service-access job
+    /// can only find new use after it.
+    pub fn last_activity(&self) -> Option<SystemTime> {
+        let keys = self
+            .keys
+            .iter()
+            .filter_map(|key| key.last_used.as_ref().map(|used| used.at));
+        let password = self.login.as_ref().and_then(|l| l.password_last_used);
+        keys.chain(password).max()
+    }
+}
+
 impl AccessKey {
     /// Time since the key was created, as of `now`.
     pub fn age(&self, now: SystemTime) -> Duration {

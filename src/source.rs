@@ -2,18 +2,20 @@
 //! or a report file on disk. The refresher asks a `Source` for an inventory and does not
 //! care which.
 
+use std::hash::BuildHasher;
 use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
 use tokio::sync::OnceCell;
+use tokio::time::Instant;
 
 use crate::config::{FilterSettings, LabelSettings, SourceKind, SourceSettings};
 use crate::credential_report::{self, ReportError, ReportWarning, Warned};
 use crate::features::{Degraded, Feature};
 use crate::filter::{UserFilter, mask_key_ids};
-use crate::iam::{self, Clients, IamError, ReportPolicy};
-use crate::inventory::Inventory;
+use crate::iam::{self, ChangeFeed, Changes, Clients, CredentialReport, IamError, ReportPolicy};
+use crate::inventory::{Inventory, elapsed};
 use crate::metrics::ExporterMetrics;
 
 /// The first wait while IAM generates a report; it doubles up to the maximum.
@@ -38,6 +40,35 @@ pub enum SourceError {
     },
 }
 
+/// How an AWS source follows IAM's changes (`change_feed` and `refresh.full_interval`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FeedPolicy {
+    pub overlap: Duration,
+    pub full_interval: Duration,
+}
+
+/// What one refresh of a source yields.
+#[derive(Debug)]
+pub struct Refreshed {
+    pub inventory: Inventory,
+    /// What the change feed said changed, when only that was listed; `None` when every
+    /// user was listed (or read from a report), so anything may have changed.
+    pub changes: Option<Changes>,
+}
+
+/// What an AWS source keeps from one refresh to the next.
+#[derive(Default)]
+pub struct Tracked {
+    feed: ChangeFeed,
+    /// The last inventory as IAM listed it, before masking: what changes apply to.
+    listed: Option<Inventory>,
+    /// When every user is to be listed again.
+    whole_list_due: Option<Instant>,
+    /// The last credential report read, kept while it is younger than the configured
+    /// age: IAM makes a new one at most every 4 hours, so asking sooner only costs calls.
+    report: Option<CredentialReport>,
+}
+
 /// A source and what is done to every inventory it yields.
 pub struct Source {
     pub origin: Origin,
@@ -57,6 +88,11 @@ pub enum Origin {
         account_id: OnceCell<String>,
         /// What the last credential report read was warned about.
         warned: Mutex<Warned>,
+        /// `None` when the change feed is off: every refresh lists every user.
+        feed: Option<FeedPolicy>,
+        /// Held through a refresh; refreshes of one account never overlap anyway. Boxed:
+        /// it holds a whole inventory, and a file origin needs none of it.
+        tracked: Box<tokio::sync::Mutex<Tracked>>,
     },
     File {
         path: PathBuf,
@@ -103,15 +139,20 @@ impl Source {
 
     /// An inventory of the users the filter allows, key ids masked if configured.
     pub async fn collect(&self, metrics: &ExporterMetrics) -> Result<Inventory, SourceError> {
-        let mut inventory = self
+        Ok(self.refresh(metrics).await?.inventory)
+    }
+
+    /// `collect`, with what the change feed said changed.
+    pub async fn refresh(&self, metrics: &ExporterMetrics) -> Result<Refreshed, SourceError> {
+        let mut refreshed = self
             .origin
             .collect(metrics, &self.filter, &self.degraded)
             .await?;
-        self.filter.apply(&mut inventory);
+        self.filter.apply(&mut refreshed.inventory);
         if self.mask_key_ids {
-            mask_key_ids(&mut inventory);
+            mask_key_ids(&mut refreshed.inventory);
         }
-        Ok(inventory)
+        Ok(refreshed)
     }
 }
 
@@ -122,6 +163,7 @@ impl Origin {
         settings: &SourceSettings,
         concurrency: usize,
         account_id: Option<String>,
+        feed: Option<FeedPolicy>,
     ) -> Origin {
         Origin::Aws {
             clients,
@@ -135,6 +177,8 @@ impl Origin {
             concurrency,
             account_id: OnceCell::new_with(account_id),
             warned: Mutex::default(),
+            feed,
+            tracked: Box::default(),
         }
     }
 
@@ -162,7 +206,7 @@ impl Origin {
         metrics: &ExporterMetrics,
         filter: &UserFilter,
         degraded: &Degraded,
-    ) -> Result<Inventory, SourceError> {
+    ) -> Result<Refreshed, SourceError> {
         match self {
             Origin::Aws {
                 clients,
@@ -171,51 +215,118 @@ impl Origin {
                 concurrency,
                 account_id,
                 warned,
+                feed,
+                tracked,
             } => {
                 let account = account_id
                     .get_or_try_init(|| iam::caller_account_id(&clients.sts, metrics))
                     .await?
                     .clone();
                 let iam = &clients.iam;
-                let mut inventory = match kind {
-                    SourceKind::Api => {
-                        iam::collect_inventory(iam, metrics, &account, *concurrency, None, filter)
-                            .await?
-                    }
-                    SourceKind::Auto => {
-                        // Without the report, `auto` is the API source: slower, as complete.
-                        let report = iam::credential_report(iam, metrics, *report).await;
-                        let report = degraded.observe(
-                            metrics,
-                            &account,
-                            Feature::CredentialReport,
-                            report,
-                        )?;
-                        if let Some(report) = &report {
+                if matches!(
+                    kind,
+                    SourceKind::CredentialReport | SourceKind::CredentialReportFile
+                ) {
+                    // A report file is `Origin::File`; only the report itself reaches here.
+                    let report = iam::credential_report(iam, metrics, *report).await?;
+                    warn_once(warned, &account, &report.warnings);
+                    let inventory = credential_report::inventory_by_slot(
+                        &report.rows,
+                        account,
+                        Some(report.generated_at),
+                        SystemTime::now(),
+                    );
+                    return Ok(Refreshed {
+                        inventory,
+                        changes: None,
+                    });
+                }
+                let mut tracked = tracked.lock().await;
+                if *kind == SourceKind::Auto {
+                    // Without the report, `auto` is the API source: slower, as complete.
+                    let fresh = tracked.report.as_ref().is_some_and(|r| {
+                        elapsed(r.generated_at, SystemTime::now()) <= report.max_age
+                    });
+                    if !fresh {
+                        let read = iam::credential_report(iam, metrics, *report).await;
+                        let read =
+                            degraded.observe(metrics, &account, Feature::CredentialReport, read)?;
+                        if let Some(report) = &read {
                             warn_once(warned, &account, &report.warnings);
                         }
-                        iam::collect_inventory(
+                        tracked.report = read;
+                    }
+                }
+                let polled = match feed {
+                    Some(policy) => poll_feed(&mut tracked, clients, metrics, policy).await,
+                    None => None,
+                };
+                let tracked = &mut *tracked;
+                let report = tracked.report.as_ref();
+                // The changes, and the inventory with them applied, when the feed could
+                // tell what changed and no whole list is due.
+                let followed = match (polled, &tracked.listed) {
+                    (Some(Ok(changes)), Some(previous)) if !changes.everyone => {
+                        let relisted = iam::relist_users(
+                            iam,
+                            metrics,
+                            previous,
+                            &changes.users,
+                            *concurrency,
+                            report,
+                            filter,
+                        )
+                        .await;
+                        // The feed works when both its calls do: LookupEvents, and GetUser
+                        // for the users it names.
+                        let relisted = match relisted {
+                            // Only GetUser is the feed's own; another denial fails the
+                            // refresh as it would fail a whole list.
+                            Err(err)
+                                if err.is_access_denied() && err.operation() != Some("GetUser") =>
+                            {
+                                return Err(err.into());
+                            }
+                            relisted => relisted,
+                        };
+                        let relisted =
+                            degraded.observe(metrics, &account, Feature::ChangeFeed, relisted)?;
+                        relisted.map(|inventory| (inventory, changes))
+                    }
+                    (Some(Ok(_)), _) => {
+                        degraded.working(metrics, &account, Feature::ChangeFeed);
+                        None
+                    }
+                    (Some(Err(err)), _) => {
+                        degraded.observe::<()>(metrics, &account, Feature::ChangeFeed, Err(err))?;
+                        None
+                    }
+                    (None, _) => None,
+                };
+                let (mut inventory, changes) = match followed {
+                    Some((inventory, changes)) => (inventory, Some(changes)),
+                    None => {
+                        let started = SystemTime::now();
+                        let inventory = iam::collect_inventory(
                             iam,
                             metrics,
                             &account,
                             *concurrency,
-                            report.as_ref(),
+                            report,
                             filter,
                         )
-                        .await?
-                    }
-                    // A report file is `Origin::File`; only the report itself reaches here.
-                    SourceKind::CredentialReport | SourceKind::CredentialReportFile => {
-                        let report = iam::credential_report(iam, metrics, *report).await?;
-                        warn_once(warned, &account, &report.warnings);
-                        return Ok(credential_report::inventory_by_slot(
-                            &report.rows,
-                            account,
-                            Some(report.generated_at),
-                            SystemTime::now(),
-                        ));
+                        .await?;
+                        if let Some(policy) = feed {
+                            tracked.feed.restart(started);
+                            tracked.whole_list_due =
+                                Some(Instant::now() + spread(policy.full_interval));
+                        }
+                        (inventory, None)
                     }
                 };
+                if feed.is_some() {
+                    tracked.listed = Some(inventory.clone());
+                }
                 // GetAccountSummary is current where the report's root row may be hours
                 // old; without it, the root row (if any) still answers.
                 let summary = iam::root_access_keys_present(iam, metrics).await;
@@ -224,7 +335,7 @@ impl Origin {
                 let facts = &mut inventory.account;
                 facts.root_access_keys_present =
                     from_summary.or_else(|| facts.root.as_ref().map(|root| !root.keys.is_empty()));
-                Ok(inventory)
+                Ok(Refreshed { inventory, changes })
             }
             Origin::File {
                 path,
@@ -249,15 +360,51 @@ impl Origin {
                 *account_id.lock().expect("not poisoned") = Some(account.clone());
                 // A file carries no GeneratedTime; its modification time is the closest.
                 let generated = stamp.map(|(modified, _)| modified);
-                Ok(credential_report::inventory_by_slot(
+                let inventory = credential_report::inventory_by_slot(
                     &report.rows,
                     account,
                     generated,
                     SystemTime::now(),
-                ))
+                );
+                Ok(Refreshed {
+                    inventory,
+                    changes: None,
+                })
             }
         }
     }
+}
+
+/// What the event history says changed since the last refresh; `None` when a whole
+/// list is due (or none was made yet, so the feed has no place to start). The caller
+/// records whether the feed works: a denied LookupEvents turns it off for the account,
+/// every refresh then lists everyone and asks again whether it is still denied; any
+/// other failure fails the refresh, and the next poll asks for the same window again.
+async fn poll_feed(
+    tracked: &mut Tracked,
+    clients: &Clients,
+    metrics: &ExporterMetrics,
+    policy: &FeedPolicy,
+) -> Option<Result<Changes, IamError>> {
+    let due = tracked
+        .whole_list_due
+        .is_none_or(|due| Instant::now() >= due);
+    if tracked.listed.is_none() || due || !tracked.feed.is_started() {
+        return None;
+    }
+    let polled = tracked
+        .feed
+        .poll(&clients.cloudtrail, metrics, policy.overlap)
+        .await;
+    polled.transpose()
+}
+
+/// `interval` less up to a tenth, at random: accounts whose whole lists fell due together
+/// (they all started together) drift apart instead of listing together forever.
+fn spread(interval: Duration) -> Duration {
+    let random = std::hash::RandomState::new().hash_one(Instant::now());
+    let tenth = interval / 10;
+    interval - tenth.mul_f64((random % 1_000) as f64 / 1_000.0)
 }
 
 /// Logs what is odd about a report, each problem once rather than at every refresh

@@ -394,9 +394,11 @@ mod tests {
                 .interceptor(mocked)
                 .build(),
         );
+        let none: &[&Rule] = &[];
         Clients {
             iam: mock_client!(aws_sdk_iam, RuleMode::MatchAny, iam),
             sts,
+            cloudtrail: mock_client!(aws_sdk_cloudtrail, RuleMode::MatchAny, none),
         }
     }
 

@@ -2,7 +2,7 @@
 //! GetAccessKeyLastUsed, with bounded concurrency. Given a credential report, a key the
 //! report already describes costs no GetAccessKeyLastUsed call.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use aws_sdk_iam::Client;
@@ -68,6 +68,142 @@ pub async fn collect_inventory(
             report_generated_at: report.map(|r| r.generated_at),
         },
     })
+}
+
+/// The account's inventory from `previous`, with the users named in `names` listed again
+/// (GetUser, then their keys as `collect_inventory` reads them): a user IAM no longer
+/// has is dropped, a new one added. Everyone else keeps their keys; their last use is
+/// taken from `report` where it describes the key, and where there is no report, asked
+/// again for every active key (an inactive key cannot be used).
+///
+/// IAM matches user names regardless of case, so a name matches the user of any case.
+pub async fn relist_users(
+    iam: &Client,
+    metrics: &ExporterMetrics,
+    previous: &Inventory,
+    names: &BTreeSet<String>,
+    concurrency: usize,
+    report: Option<&CredentialReport>,
+    filter: &UserFilter,
+) -> Result<Inventory, IamError> {
+    let rows: HashMap<&str, &ReportRow> = report
+        .map(|r| r.rows.iter().map(|row| (row.user.as_str(), row)).collect())
+        .unwrap_or_default();
+    let named: HashSet<String> = names.iter().map(|n| n.to_lowercase()).collect();
+    let listed: Vec<Option<User>> = stream::iter(names.iter().cloned())
+        .map(|name| async move { relist_user(iam, metrics, &name, report).await })
+        .buffer_unordered(concurrency.max(1))
+        .try_collect()
+        .await?;
+    let kept: Vec<&User> = previous
+        .users
+        .iter()
+        .filter(|user| !named.contains(&user.name.to_lowercase()))
+        .collect();
+    let mut users: Vec<User> = match report {
+        Some(_) => kept
+            .into_iter()
+            .map(|user| with_report(user, rows.get(user.name.as_str()).copied()))
+            .collect(),
+        // Owned users: a stream of borrowed ones would not be `Send` for every lifetime.
+        None => {
+            stream::iter(kept.into_iter().cloned())
+                .map(|user| with_current_last_use(iam, metrics, user))
+                .buffered(concurrency.max(1))
+                .try_collect()
+                .await?
+        }
+    };
+    let mut added = HashSet::new();
+    for user in listed.into_iter().flatten() {
+        // Two spellings of one name are one user.
+        if filter.allows(&user.name, &user.arn) && added.insert(user.name.clone()) {
+            users.push(user);
+        }
+    }
+    Ok(Inventory {
+        account_id: previous.account_id.clone(),
+        collected_at: SystemTime::now(),
+        users,
+        account: AccountFacts {
+            root_access_keys_present: None,
+            root: match report {
+                Some(r) => r
+                    .rows
+                    .iter()
+                    .find(|row| row.is_root())
+                    .map(ReportRow::to_user_by_slot),
+                None => previous.account.root.clone(),
+            },
+            report_generated_at: report
+                .map(|r| r.generated_at)
+                .or(previous.account.report_generated_at),
+        },
+    })
+}
+
+/// One named user as IAM has it now, or `None` when IAM has no such user.
+async fn relist_user(
+    iam: &Client,
+    metrics: &ExporterMetrics,
+    name: &str,
+    report: Option<&CredentialReport>,
+) -> Result<Option<User>, IamError> {
+    const OP: &str = "GetUser";
+    let output = match observe(metrics, OP, iam.get_user().user_name(name).send().await) {
+        Ok(output) => output,
+        Err(err) if is_no_such_entity(&err) => return Ok(None),
+        Err(err) => return Err(IamError::call(OP, &err)),
+    };
+    let user = output.user.ok_or(IamError::Malformed {
+        operation: OP,
+        field: "User",
+    })?;
+    let row = report.and_then(|r| r.rows.iter().find(|row| row.user == user.user_name));
+    collect_user(iam, metrics, user.user_name, user.arn, row).await
+}
+
+/// A user not named by any change, with the last use and console facts of a newer
+/// report. A key the report does not describe (newer than the report) keeps what it had.
+fn with_report(user: &User, row: Option<&ReportRow>) -> User {
+    let Some(row) = row else {
+        return user.clone();
+    };
+    let keys = user
+        .keys
+        .iter()
+        .map(|key| {
+            from_report_slot(row, key.id.clone(), key.created, key.status)
+                .unwrap_or_else(|| key.clone())
+        })
+        .collect();
+    User {
+        name: user.name.clone(),
+        arn: user.arn.clone(),
+        keys,
+        login: Some(row.login()),
+    }
+}
+
+/// A user not named by any change, each active key's last use asked again.
+async fn with_current_last_use(
+    iam: &Client,
+    metrics: &ExporterMetrics,
+    mut user: User,
+) -> Result<User, IamError> {
+    let mut keys = Vec::with_capacity(user.keys.len());
+    for mut key in std::mem::take(&mut user.keys) {
+        if key.status == KeyStatus::Active {
+            match last_use(iam, metrics, &key.id).await? {
+                Some(last_used) => key.last_used = last_used,
+                // Deleted since: the change feed will name its user.
+                None => continue,
+            }
+        }
+        keys.push(key);
+    }
+    user.keys = keys;
+    Ok(user)
 }
 
 /// GetAccountSummary's AccountAccessKeysPresent: current, and readable without the report.
@@ -156,6 +292,16 @@ async fn collect_user(
 fn from_report(row: &ReportRow, metadata: &AccessKeyMetadata) -> Option<AccessKey> {
     let id = metadata.access_key_id.clone()?;
     let created = SystemTime::try_from(*metadata.create_date.as_ref()?).ok()?;
+    from_report_slot(row, id, created, status_of(metadata))
+}
+
+/// `from_report` for a key known by id, creation time and status.
+fn from_report_slot(
+    row: &ReportRow,
+    id: String,
+    created: SystemTime,
+    status: KeyStatus,
+) -> Option<AccessKey> {
     let second = |t: SystemTime| t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).ok();
     let mut matching = row
         .keys
@@ -174,7 +320,7 @@ fn from_report(row: &ReportRow, metadata: &AccessKeyMetadata) -> Option<AccessKe
     }
     let mut key = slot.to_access_key(id);
     key.created = created;
-    key.status = status_of(metadata);
+    key.status = status;
     Some(key)
 }
 
@@ -194,7 +340,6 @@ async fn collect_key(
     metadata: AccessKeyMetadata,
 ) -> Result<Option<AccessKey>, IamError> {
     const LIST: &str = "ListAccessKeys";
-    const OP: &str = "GetAccessKeyLastUsed";
     let status = status_of(&metadata);
     let id = metadata.access_key_id.ok_or(IamError::Malformed {
         operation: LIST,
@@ -206,17 +351,34 @@ async fn collect_key(
     })?;
     let created = to_system_time(LIST, "CreateDate", created)?;
 
+    let Some(last_used) = last_use(iam, metrics, &id).await? else {
+        tracing::debug!(user, "access key deleted during refresh; skipped");
+        return Ok(None);
+    };
+    Ok(Some(AccessKey {
+        id,
+        status,
+        created,
+        last_used,
+    }))
+}
+
+/// GetAccessKeyLastUsed: the key's last use (`Some(None)` for never), or `None` when the
+/// key is gone.
+async fn last_use(
+    iam: &Client,
+    metrics: &ExporterMetrics,
+    id: &str,
+) -> Result<Option<Option<LastUse>>, IamError> {
+    const OP: &str = "GetAccessKeyLastUsed";
     let result = iam
         .get_access_key_last_used()
-        .access_key_id(&id)
+        .access_key_id(id)
         .send()
         .await;
     let output = match observe(metrics, OP, result) {
         Ok(output) => output,
-        Err(err) if is_no_such_entity(&err) => {
-            tracing::debug!(user, "access key deleted during refresh; skipped");
-            return Ok(None);
-        }
+        Err(err) if is_no_such_entity(&err) => return Ok(None),
         Err(err) => return Err(IamError::call(OP, &err)),
     };
     let last_used = match output.access_key_last_used {
@@ -231,10 +393,5 @@ async fn collect_key(
         },
         None => None,
     };
-    Ok(Some(AccessKey {
-        id,
-        status,
-        created,
-        last_used,
-    }))
+    Ok(Some(last_used))
 }

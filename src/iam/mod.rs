@@ -1,6 +1,7 @@
 //! The IAM seam: the only module that talks to AWS. It builds the SDK clients, counts
 //! every request, and turns SDK types into the plain data of `crate::inventory`.
 
+mod change_feed;
 mod keys;
 mod organizations;
 mod rate_limit;
@@ -36,7 +37,8 @@ use aws_smithy_types::config_bag::ConfigBag;
 use crate::config::AwsSettings;
 use crate::metrics::ExporterMetrics;
 
-pub use keys::{collect_inventory, root_access_keys_present};
+pub use change_feed::{ChangeFeed, Changes};
+pub use keys::{collect_inventory, relist_users, root_access_keys_present};
 pub use organizations::{
     CallerIdentity, OrganizationAccount, caller_account_id, caller_identity,
     list_organization_accounts,
@@ -79,6 +81,16 @@ impl IamError {
     pub fn code(&self) -> Option<&str> {
         match self {
             IamError::Call { code, .. } => Some(code),
+            _ => None,
+        }
+    }
+
+    /// The operation of a failed call.
+    pub fn operation(&self) -> Option<&'static str> {
+        match self {
+            IamError::Call { operation, .. } | IamError::Malformed { operation, .. } => {
+                Some(operation)
+            }
             _ => None,
         }
     }
@@ -255,8 +267,14 @@ pub struct AwsBase {
     sdk: SdkConfig,
     http: SharedHttpClient,
     requests_per_second: f64,
+    /// Where IAM's events are recorded, for the change feed's CloudTrail client.
+    change_feed_region: Region,
     metrics: Arc<ExporterMetrics>,
 }
+
+/// LookupEvents allows 2 requests per second per account and region; the feed keeps
+/// under that with its own bucket, apart from the account's IAM requests.
+const LOOKUP_EVENTS_PER_SECOND: f64 = 1.5;
 
 impl AwsBase {
     pub async fn load(settings: &AwsSettings, metrics: Arc<ExporterMetrics>) -> AwsBase {
@@ -298,8 +316,15 @@ impl AwsBase {
             sdk,
             http,
             requests_per_second: settings.requests_per_second,
+            change_feed_region: Region::from_static("us-east-1"),
             metrics,
         }
+    }
+
+    /// The region whose event history the change feed reads.
+    pub fn with_change_feed_region(mut self, region: &str) -> AwsBase {
+        self.change_feed_region = Region::new(region.to_string());
+        self
     }
 
     /// The clients for one account: the exporter's own credentials, or `role` assumed with
@@ -329,6 +354,22 @@ impl AwsBase {
         let counter = CountRequests {
             metrics: self.metrics.clone(),
         };
+        // The event history's rate limit is its own, so is its bucket.
+        let lookup_bucket = Arc::new(TokenBucket::new(LOOKUP_EVENTS_PER_SECOND));
+        let lookup_sdk = sdk
+            .clone()
+            .into_builder()
+            .http_client(RateLimitedClient::new(
+                self.http.clone(),
+                lookup_bucket.clone(),
+                self.metrics.clone(),
+            ))
+            .region(self.change_feed_region.clone())
+            .build();
+        let lookup_feedback = ThrottleFeedback {
+            bucket: Some(lookup_bucket),
+            metrics: self.metrics.clone(),
+        };
         let feedback = ThrottleFeedback {
             bucket,
             metrics: self.metrics.clone(),
@@ -348,9 +389,16 @@ impl AwsBase {
             sts: aws_sdk_sts::Client::from_conf(
                 aws_sdk_sts::config::Builder::from(&sdk)
                     .retry_partition(RetryPartition::new(format!("sts-{partition}")))
-                    .interceptor(counter)
+                    .interceptor(counter.clone())
                     .interceptor(feedback)
                     .interceptor(CompleteXml)
+                    .build(),
+            ),
+            cloudtrail: aws_sdk_cloudtrail::Client::from_conf(
+                aws_sdk_cloudtrail::config::Builder::from(&lookup_sdk)
+                    .retry_partition(RetryPartition::new(format!("cloudtrail-{partition}")))
+                    .interceptor(counter)
+                    .interceptor(lookup_feedback)
                     .build(),
             ),
         }
@@ -379,6 +427,8 @@ impl AwsBase {
 pub struct Clients {
     pub iam: aws_sdk_iam::Client,
     pub sts: aws_sdk_sts::Client,
+    /// CloudTrail in the region of IAM's events, for the change feed.
+    pub cloudtrail: aws_sdk_cloudtrail::Client,
 }
 
 fn to_system_time(

@@ -48,6 +48,18 @@ fn client(rules: &[&Rule], metrics: &Arc<ExporterMetrics>) -> Client {
         .interceptor(counter.clone()))
 }
 
+/// A CloudTrail client answering `rules` and counting its requests.
+fn cloudtrail_client(
+    rules: &[&Rule],
+    metrics: &Arc<ExporterMetrics>,
+) -> aws_sdk_cloudtrail::Client {
+    let counter = CountRequests {
+        metrics: metrics.clone(),
+    };
+    mock_client!(aws_sdk_cloudtrail, RuleMode::MatchAny, rules, |conf| conf
+        .interceptor(counter.clone()))
+}
+
 fn arn(name: &str) -> String {
     format!("arn:aws:iam::{ACCOUNT}:user/{name}")
 }
@@ -1187,7 +1199,11 @@ fn auto_source(iam: Client) -> crate::source::Source {
     );
     source_of(
         crate::config::SourceKind::Auto,
-        Clients { iam, sts },
+        Clients {
+            iam,
+            sts,
+            cloudtrail: cloudtrail_client(&[], &Arc::new(ExporterMetrics::new())),
+        },
         2,
         Some(ACCOUNT.into()),
     )
@@ -1214,7 +1230,7 @@ fn source_of(
         exclude_users: vec![],
     };
     crate::source::Source::new(
-        crate::source::Origin::aws(clients, &settings, concurrency, account_id),
+        crate::source::Origin::aws(clients, &settings, concurrency, account_id, None),
         &filter,
         &crate::config::LabelSettings {
             mask_key_ids: false,
@@ -1612,7 +1628,17 @@ async fn refresh_cost(
     let metrics = Arc::new(ExporterMetrics::new());
     let iam = client(&rules.iter().collect::<Vec<_>>(), &metrics);
     let sts = sts_client(&[], &metrics);
-    let source = source_of(kind, Clients { iam, sts }, 4, Some(ACCOUNT.into()));
+    let cloudtrail = cloudtrail_client(&[], &metrics);
+    let source = source_of(
+        kind,
+        Clients {
+            iam,
+            sts,
+            cloudtrail,
+        },
+        4,
+        Some(ACCOUNT.into()),
+    );
     let inventory = source.collect(&metrics).await.unwrap();
     let mut asked = asked.lock().unwrap().clone();
     asked.sort();
@@ -1777,7 +1803,11 @@ async fn cost_of_the_own_account_id_is_one_get_caller_identity_per_source_not_pe
     // The own account: no role, so its id is not known up front.
     let source = source_of(
         crate::config::SourceKind::Api,
-        Clients { iam, sts },
+        Clients {
+            iam,
+            sts,
+            cloudtrail: cloudtrail_client(&[], &metrics),
+        },
         4,
         None,
     );
@@ -1797,4 +1827,230 @@ async fn cost_of_the_own_account_id_is_one_get_caller_identity_per_source_not_pe
         ])
     );
     assert_eq!(identity.num_calls(), 1);
+}
+
+/// An account of `population` followed by the change feed: IAM as `Population::rules`
+/// has it, GetUser answering for every user but `deleted`, and LookupEvents answering
+/// whatever `events` holds when it is asked.
+struct FeedAccount {
+    source: crate::source::Source,
+    metrics: Arc<ExporterMetrics>,
+    events: Arc<std::sync::Mutex<Vec<aws_sdk_cloudtrail::types::Event>>>,
+}
+
+impl FeedAccount {
+    /// `lookup` answers LookupEvents instead of the event list, when given.
+    fn new(population: Population, deleted: &'static [&'static str], lookup: Option<Rule>) -> Self {
+        let metrics = Arc::new(ExporterMetrics::new());
+        let events = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let asked = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let mut rules = population.rules(&asked);
+        rules.push(
+            mock!(Client::get_user)
+                .match_requests(move |r| deleted.contains(&r.user_name().unwrap()))
+                .then_http_response(|| iam_error(404, "NoSuchEntity")),
+        );
+        rules.push(mock!(Client::get_user).then_compute_output(|r| {
+            aws_sdk_iam::operation::get_user::GetUserOutput::builder()
+                .user(user(r.user_name().unwrap()))
+                .build()
+        }));
+        let iam = client(&rules.iter().collect::<Vec<_>>(), &metrics);
+        let listed = events.clone();
+        let lookup_events =
+            mock!(aws_sdk_cloudtrail::Client::lookup_events).then_compute_output(move |_| {
+                aws_sdk_cloudtrail::operation::lookup_events::LookupEventsOutput::builder()
+                    .set_events(Some(listed.lock().unwrap().clone()))
+                    .build()
+            });
+        let lookup = lookup.unwrap_or(lookup_events);
+        let cloudtrail = cloudtrail_client(&[&lookup], &metrics);
+        let sts = sts_client(&[], &metrics);
+        let source = crate::source::Source::new(
+            crate::source::Origin::aws(
+                Clients {
+                    iam,
+                    sts,
+                    cloudtrail,
+                },
+                &crate::config::SourceSettings {
+                    kind: crate::config::SourceKind::Auto,
+                    file: None,
+                    report_max_age: Duration::from_secs(4 * 3600),
+                    report_timeout: Duration::from_secs(60),
+                },
+                4,
+                Some(ACCOUNT.into()),
+                Some(crate::source::FeedPolicy {
+                    overlap: Duration::from_secs(900),
+                    full_interval: Duration::from_secs(6 * 3600),
+                }),
+            ),
+            &crate::config::FilterSettings {
+                include_paths: vec![],
+                exclude_paths: vec![],
+                include_users: vec![],
+                exclude_users: vec![],
+            },
+            &crate::config::LabelSettings {
+                mask_key_ids: false,
+            },
+        );
+        FeedAccount {
+            source,
+            metrics,
+            events,
+        }
+    }
+
+    /// One refresh: its requests by operation, and what it yielded.
+    async fn refresh(
+        &self,
+    ) -> (
+        std::collections::BTreeMap<String, u64>,
+        crate::source::Refreshed,
+    ) {
+        let before = all_requests(&self.metrics);
+        let refreshed = self.source.refresh(&self.metrics).await.unwrap();
+        let mut counted = all_requests(&self.metrics);
+        for (operation, n) in &before {
+            *counted.get_mut(operation).unwrap() -= n;
+        }
+        counted.retain(|_, n| *n > 0);
+        (counted, refreshed)
+    }
+
+    fn record(&self, id: &str, name: &str, read_only: bool, detail: serde_json::Value) {
+        self.events.lock().unwrap().push(
+            aws_sdk_cloudtrail::types::Event::builder()
+                .event_id(id)
+                .event_name(name)
+                .read_only(if read_only { "true" } else { "false" })
+                .event_source("iam.amazonaws.com")
+                .event_time(DateTime::from(SystemTime::now()))
+                .cloud_trail_event(detail.to_string())
+                .build(),
+        );
+    }
+}
+
+#[tokio::test]
+async fn cost_of_a_steady_state_refresh_with_the_change_feed_is_two_calls_at_any_size() {
+    let population = Population {
+        users: MANY,
+        drifted: false,
+    };
+    let account = FeedAccount::new(population, &[], None);
+    // The first refresh lists every user: the feed needs a place to start.
+    let (first, refreshed) = account.refresh().await;
+    assert!(refreshed.changes.is_none());
+    assert_eq!(first["ListAccessKeys"], MANY as u64);
+
+    // Nothing changed: the event history says so in one call, and the report of the
+    // first refresh is young enough to keep.
+    for _ in 0..3 {
+        let (steady, refreshed) = account.refresh().await;
+        assert_eq!(
+            steady,
+            counts(&[("GetAccountSummary", 1), ("LookupEvents", 1)])
+        );
+        assert!(total(&steady) <= 10);
+        assert_eq!(refreshed.changes, Some(crate::iam::Changes::default()));
+        assert_eq!(refreshed.inventory.users.len(), MANY);
+        assert_eq!(refreshed.inventory.key_count(), MANY_KEYS);
+    }
+}
+
+#[tokio::test]
+async fn a_change_costs_the_calls_of_the_users_it_names() {
+    let population = Population {
+        users: MANY,
+        drifted: false,
+    };
+    let account = FeedAccount::new(population, &["user00010"], None);
+    account.refresh().await;
+
+    let on = |user: &str| serde_json::json!({"requestParameters": {"userName": user}});
+    account.record("1", "CreateAccessKey", false, on("user00007"));
+    account.record("2", "DeleteUser", false, on("user00010"));
+    // Reads, failed calls and other resources' events cost nothing.
+    account.record("3", "ListAccessKeys", true, on("user00020"));
+    account.record(
+        "4",
+        "DeleteAccessKey",
+        false,
+        serde_json::json!({"errorCode": "NoSuchEntity", "requestParameters": {"userName": "user00021"}}),
+    );
+    account.record("5", "CreateRole", false, serde_json::json!({}));
+    account.record("6", "TagUser", false, on("user00030"));
+    let (cost, refreshed) = account.refresh().await;
+    assert_eq!(
+        cost,
+        counts(&[
+            ("GetAccountSummary", 1),
+            ("GetUser", 2),
+            ("ListAccessKeys", 1),
+            ("LookupEvents", 1),
+        ])
+    );
+    let changes = refreshed.changes.unwrap();
+    assert_eq!(
+        changes.users.iter().collect::<Vec<_>>(),
+        ["user00007", "user00010"]
+    );
+    assert_eq!(changes.tags.iter().collect::<Vec<_>>(), ["user00030"]);
+    let users = &refreshed.inventory.users;
+    assert_eq!(users.len(), MANY - 1);
+    assert!(!users.iter().any(|u| u.name == "user00010"), "deleted");
+    let seven = users.iter().find(|u| u.name == "user00007").unwrap();
+    assert_eq!(seven.keys.len(), Population::key_count(7));
+    assert!(
+        seven.keys.iter().all(from_report),
+        "last use from the report"
+    );
+
+    // The same events in the next poll's overlap are not applied twice.
+    let (again, _) = account.refresh().await;
+    assert_eq!(
+        again,
+        counts(&[("GetAccountSummary", 1), ("LookupEvents", 1)])
+    );
+}
+
+#[tokio::test]
+async fn a_denied_change_feed_lists_every_user_and_says_so() {
+    let population = Population {
+        users: 30,
+        drifted: false,
+    };
+    let denied = mock!(aws_sdk_cloudtrail::Client::lookup_events).then_http_response(|| {
+        HttpResponse::new(
+            StatusCode::try_from(400).unwrap(),
+            SdkBody::from(
+                r#"{"__type":"AccessDeniedException","message":"User is not authorized to perform: cloudtrail:LookupEvents"}"#,
+            ),
+        )
+    });
+    let account = FeedAccount::new(population, &[], Some(denied));
+    account.refresh().await;
+    for _ in 0..2 {
+        let (cost, refreshed) = account.refresh().await;
+        assert!(refreshed.changes.is_none(), "a whole list");
+        assert_eq!(cost["ListAccessKeys"], 30);
+        assert_eq!(cost["LookupEvents"], 1, "asked again each refresh");
+        assert!(
+            account
+                .source
+                .degraded
+                .is_off(crate::features::Feature::ChangeFeed)
+        );
+    }
+    assert_eq!(
+        account
+            .metrics
+            .account_feature_degraded
+            .with_label_values(&[ACCOUNT, "change_feed"])
+            .get(),
+        1
+    );
 }

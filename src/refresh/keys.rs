@@ -1,7 +1,8 @@
 //! The key refresh: every account's key inventory, at most
 //! `refresh.max_concurrent_accounts` at once, each published as soon as it is done, with
-//! the tags of users seen for the first time.
+//! the tags of users seen for the first time or named by the change feed.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -13,6 +14,7 @@ use super::{RefreshStatus, Shared, every};
 use crate::config::Settings;
 use crate::features::Feature;
 use crate::fleet::{Account, Fleet};
+use crate::iam::Changes;
 use crate::inventory::{Inventory, unix_seconds};
 
 /// How often a report file is checked for changes.
@@ -112,9 +114,10 @@ async fn refresh_account(
     let work = async {
         // Service-access jobs wait while this is held; see `account_service_access`.
         let _keys_first = account.refreshing_keys.write().await;
-        let inventory = account.source.collect(metrics).await?;
-        read_new_users_tags(account, &inventory, settings, shared).await;
-        Ok::<_, crate::source::SourceError>(inventory)
+        let refreshed = account.source.refresh(metrics).await?;
+        let retag = follow(account, refreshed.changes.as_ref());
+        read_changed_users_tags(account, &refreshed.inventory, &retag, settings, shared).await;
+        Ok::<_, crate::source::SourceError>(refreshed.inventory)
     };
     let outcome = match tokio::time::timeout(settings.refresh.timeout, work).await {
         Ok(Ok(inventory)) => Ok(inventory),
@@ -170,12 +173,36 @@ async fn refresh_account(
     }
 }
 
+/// Tells the slower passes what the change feed said (see `Followed`), and returns the
+/// users (lowercased names) whose tags are to be read again now: those whose tags
+/// changed, and those listed again (a user deleted and made anew under the same name
+/// keeps its ARN but not its tags).
+fn follow(account: &Account, changes: Option<&Changes>) -> HashSet<String> {
+    let mut followed = account.followed.lock().expect("not poisoned");
+    followed.following = changes.is_some();
+    let Some(changes) = changes else {
+        return HashSet::new();
+    };
+    followed
+        .permissions
+        .extend(changes.permissions.iter().map(|name| name.to_lowercase()));
+    followed.all_permissions |= changes.all_permissions;
+    changes
+        .tags
+        .iter()
+        .chain(&changes.users)
+        .map(|name| name.to_lowercase())
+        .collect()
+}
+
 /// Reads the tags of users whose tags are not known yet, so a new user's series carry
 /// their tag labels from their first snapshot on (series that gained labels later would
-/// be new series to Prometheus). Everyone's tags are read again by `run_tag_refresh`.
-async fn read_new_users_tags(
+/// be new series to Prometheus), and of the users in `retag`. Everyone's tags are read
+/// again by `run_tag_refresh`.
+async fn read_changed_users_tags(
     account: &Account,
     inventory: &Inventory,
+    retag: &HashSet<String>,
     settings: &Settings,
     shared: &Shared,
 ) {
@@ -190,7 +217,7 @@ async fn read_new_users_tags(
     let users: Vec<(String, String)> = inventory
         .users
         .iter()
-        .filter(|u| !known.contains(&u.arn))
+        .filter(|u| !known.contains(&u.arn) || retag.contains(&u.name.to_lowercase()))
         .map(|u| (u.name.clone(), u.arn.clone()))
         .collect();
     if users.is_empty() {

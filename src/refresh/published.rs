@@ -205,6 +205,29 @@ impl Shared {
     }
 
     /// The account's users that hold at least one access key, as (name, ARN).
+    /// The users a service-access pass considers, as (name, ARN, last activity): those
+    /// holding a key, or everyone with `all_users`.
+    pub async fn job_candidates(
+        &self,
+        account: &str,
+        all_users: bool,
+    ) -> Vec<(String, String, Option<std::time::SystemTime>)> {
+        let collected = self.collected.lock().await;
+        let Some(inventory) = collected
+            .accounts
+            .get(account)
+            .and_then(|data| data.inventory.clone())
+        else {
+            return Vec::new();
+        };
+        inventory
+            .users
+            .iter()
+            .filter(|user| all_users || !user.keys.is_empty())
+            .map(|u| (u.name.clone(), u.arn.clone(), u.last_activity()))
+            .collect()
+    }
+
     pub async fn users_with_keys(&self, account: &str) -> Vec<(String, String)> {
         self.users_where(account, |user| !user.keys.is_empty())
             .await

@@ -2,16 +2,17 @@
 //! `all_users`), every `service_access.interval`, waiting while the account's keys
 //! refresh.
 
+use std::collections::HashSet;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use futures_util::{StreamExt, stream};
 use tokio::time::Instant;
 
 use super::{Shared, every};
-use crate::config::{ServiceAccessSettings, Settings};
+use crate::config::Settings;
 use crate::features::Feature;
-use crate::fleet::{Account, Fleet};
+use crate::fleet::{Account, Fleet, Followed};
 use crate::iam::{self, Clients, IamError, JobPolicy};
 use crate::inventory::unix_seconds;
 
@@ -35,7 +36,7 @@ pub async fn refresh_service_access_once(fleet: &Fleet, settings: &Settings, sha
     stream::iter(fleet.current())
         .map(|account| async move {
             if let Some(clients) = account.clients() {
-                account_service_access(&account, clients, &settings.service_access, shared).await;
+                account_service_access(&account, clients, settings, shared).await;
             }
         })
         .buffer_unordered(settings.refresh.max_concurrent_accounts)
@@ -58,6 +59,7 @@ async fn one_job(
     policy: JobPolicy,
     shared: &Shared,
     arn: String,
+    activity: Option<SystemTime>,
 ) -> Result<(), IamError> {
     let metrics = &shared.metrics;
     // A job waits while the account's keys refresh: the keys come first in the account's
@@ -74,18 +76,63 @@ async fn one_job(
         .service_access_jobs_total
         .with_label_values(&[label])
         .inc();
+    // A user whose job did not complete is due again at the next pass.
+    let ran = result.as_ref().ok().map(|_| activity);
+    {
+        let mut followed = account.followed.lock().expect("not poisoned");
+        match ran {
+            Some(activity) => followed.job_activity.insert(arn.clone(), activity),
+            None => followed.job_activity.remove(&arn),
+        };
+    }
     shared
         .set_service_counts(&account.target.key, arn, result?)
         .await;
     Ok(())
 }
 
+/// The users whose job is due, as (ARN, last activity), out of `candidates`: everyone
+/// when a whole pass is due (the feed is not followed, `refresh.full_interval` has
+/// passed, or a group's or a policy's permissions changed); otherwise those never asked,
+/// those whose permissions changed, and those active since their last job.
+fn due_jobs(
+    followed: &mut Followed,
+    candidates: Vec<(String, String, Option<SystemTime>)>,
+    full_interval: Duration,
+) -> Vec<(String, Option<SystemTime>)> {
+    let whole =
+        followed.whole_pass_due(followed.jobs_run_at, full_interval) || followed.all_permissions;
+    if whole {
+        followed.jobs_run_at = Some(Instant::now());
+    }
+    followed.all_permissions = false;
+    let permissions = std::mem::take(&mut followed.permissions);
+    // Users gone since are forgotten.
+    let arns: HashSet<&str> = candidates.iter().map(|(_, arn, _)| arn.as_str()).collect();
+    followed
+        .job_activity
+        .retain(|arn, _| arns.contains(arn.as_str()));
+    candidates
+        .into_iter()
+        .filter(|(name, arn, activity)| {
+            whole
+                || permissions.contains(&name.to_lowercase())
+                || followed
+                    .job_activity
+                    .get(arn)
+                    .is_none_or(|last| activity > last)
+        })
+        .map(|(_, arn, activity)| (arn, activity))
+        .collect()
+}
+
 async fn account_service_access(
     account: &Account,
     clients: &Clients,
-    settings: &ServiceAccessSettings,
+    all_settings: &Settings,
     shared: &Shared,
 ) {
+    let settings = &all_settings.service_access;
     let metrics = &shared.metrics;
     let policy = JobPolicy {
         poll_interval: settings.poll_interval,
@@ -95,20 +142,21 @@ async fn account_service_access(
     let key = &account.target.key;
     // The counts belong to the key's user: users without a key have no series to carry
     // them, unless `all_users` asks for every user's.
-    let users = if settings.all_users {
-        shared.users(key).await
-    } else {
-        shared.users_with_keys(key).await
-    };
+    let candidates = shared.job_candidates(key, settings.all_users).await;
+    let users = due_jobs(
+        &mut account.followed.lock().expect("not poisoned"),
+        candidates,
+        all_settings.refresh.full_interval,
+    );
     let count = users.len();
     let mut users = users.into_iter();
     // While IAM denies the jobs in this account, one job asks whether it still does,
     // instead of one denied call per user every pass.
     let mut results = Vec::new();
     if account.source.degraded.is_off(Feature::ServiceAccess)
-        && let Some((_, arn)) = users.next()
+        && let Some((arn, activity)) = users.next()
     {
-        let probe = one_job(account, clients, policy, shared, arn).await;
+        let probe = one_job(account, clients, policy, shared, arn, activity).await;
         let denied = probe.as_ref().is_err_and(IamError::is_access_denied);
         results.push(probe);
         if denied {
@@ -117,7 +165,7 @@ async fn account_service_access(
     }
     results.extend(
         stream::iter(users)
-            .map(|(_, arn)| one_job(account, clients, policy, shared, arn))
+            .map(|(arn, activity)| one_job(account, clients, policy, shared, arn, activity))
             .buffer_unordered(settings.max_concurrent_jobs)
             .collect::<Vec<_>>()
             .await,
@@ -148,5 +196,72 @@ async fn account_service_access(
     // thousands of identical lines.
     if let Some(err) = first_error {
         tracing::warn!(account_id, users = count, error = %err, "some service-last-accessed jobs did not complete; their previous counts stay");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::UNIX_EPOCH;
+
+    const HOUR: Duration = Duration::from_secs(3600);
+
+    fn at(hours: u64) -> Option<SystemTime> {
+        Some(UNIX_EPOCH + HOUR * hours as u32)
+    }
+
+    fn candidates(
+        activity: &[(&str, Option<SystemTime>)],
+    ) -> Vec<(String, String, Option<SystemTime>)> {
+        activity
+            .iter()
+            .map(|(name, at)| (name.to_string(), format!("arn:aws:iam::1:user/{name}"), *at))
+            .collect()
+    }
+
+    fn due(followed: &mut Followed, activity: &[(&str, Option<SystemTime>)]) -> Vec<String> {
+        let mut arns: Vec<String> = due_jobs(followed, candidates(activity), 6 * HOUR)
+            .into_iter()
+            .map(|(arn, activity)| {
+                // As `one_job` records a completed job.
+                followed.job_activity.insert(arn.clone(), activity);
+                arn.rsplit('/').next().unwrap().to_string()
+            })
+            .collect();
+        arns.sort();
+        arns
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pass_following_the_feed_runs_the_jobs_of_what_changed() {
+        let mut followed = Followed::default();
+        let users = [("alice", at(1)), ("bob", None), ("carol", at(2))];
+        // Without the feed, every pass asks for everyone.
+        assert_eq!(due(&mut followed, &users), ["alice", "bob", "carol"]);
+        assert_eq!(due(&mut followed, &users), ["alice", "bob", "carol"]);
+
+        followed.following = true;
+        // Nobody active since, no permission changed: nothing to ask.
+        followed.jobs_run_at = Some(Instant::now());
+        assert!(due(&mut followed, &users).is_empty());
+        // alice used a key since her last job; Bob's permissions changed; dave is new.
+        followed.permissions.insert("bob".into());
+        let later = [
+            ("alice", at(5)),
+            ("bob", None),
+            ("carol", at(2)),
+            ("dave", None),
+        ];
+        assert_eq!(due(&mut followed, &later), ["alice", "bob", "dave"]);
+        assert!(due(&mut followed, &later).is_empty(), "flags are used once");
+
+        // A group's permissions changed: everyone's counts may have.
+        followed.all_permissions = true;
+        assert_eq!(due(&mut followed, &later).len(), 4);
+
+        // And everyone once every full interval, whatever the feed says.
+        tokio::time::advance(6 * HOUR).await;
+        assert_eq!(due(&mut followed, &later).len(), 4);
+        assert!(due(&mut followed, &later).is_empty());
     }
 }

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use futures_util::{StreamExt, stream};
+use tokio::time::Instant;
 
 use super::{Shared, every};
 use crate::config::Settings;
@@ -70,13 +71,23 @@ pub async fn run_tag_refresh(fleet: Arc<Fleet>, settings: Settings, shared: Arc<
     .await
 }
 
-/// One pass over every account's users' tags, then a new snapshot.
+/// One pass over every account's users' tags, then a new snapshot. An account whose
+/// key refresh follows the change feed has its tags read as events name its users, and
+/// costs nothing here but once every `refresh.full_interval`.
 pub async fn refresh_tags_once(fleet: &Fleet, settings: &Settings, shared: &Shared) {
     stream::iter(fleet.current())
         .map(|account| async move {
-            if let Some(clients) = account.clients() {
+            let Some(clients) = account.clients() else {
+                return;
+            };
+            let due = {
+                let followed = account.followed.lock().expect("not poisoned");
+                followed.whole_pass_due(followed.tags_read_at, settings.refresh.full_interval)
+            };
+            if due {
                 let users = shared.users(&account.target.key).await;
                 read_tags(&account, clients, users, settings, shared).await;
+                account.followed.lock().expect("not poisoned").tags_read_at = Some(Instant::now());
             }
         })
         .buffer_unordered(settings.refresh.max_concurrent_accounts)
