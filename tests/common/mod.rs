@@ -97,6 +97,14 @@ impl Moto {
         Moto::spawn(&["--scenario", scenario])
     }
 
+    /// `start` with more of moto_server.py's flags (`--cloudtrail-delay 5`, say).
+    pub fn start_with(scenario: &Path, args: &[&str]) -> Option<Moto> {
+        let scenario = scenario.to_str().expect("a UTF-8 path");
+        let mut all = vec!["--scenario", scenario];
+        all.extend_from_slice(args);
+        Moto::spawn(&all)
+    }
+
     /// moto in bench mode: `users` generated users with 2 keys each, no scenario.
     pub fn start_bench(users: usize) -> Option<Moto> {
         Moto::spawn(&["--bench-users", &users.to_string()])
@@ -127,6 +135,12 @@ impl Moto {
     /// An IAM client for changing the scenario while the exporter runs.
     pub fn iam_client(&self) -> aws_sdk_iam::Client {
         aws_sdk_iam::Client::new(&self.sdk_config())
+    }
+
+    /// A CloudTrail client of the scenario's main account, in us-east-1 where IAM's
+    /// events are.
+    pub fn cloudtrail_client(&self) -> aws_sdk_cloudtrail::Client {
+        aws_sdk_cloudtrail::Client::new(&self.sdk_config())
     }
 
     /// An Organizations client of the scenario's management account.
@@ -763,4 +777,119 @@ pub fn run_whois(
         .env("IAM_KEY_EXPORTER_AWS__ENDPOINT_URL", endpoint)
         .output()
         .unwrap()
+}
+
+// ---------------------------------------------------------------------------------------
+// Added for tests/replicas.rs: a Prometheus whose targets come and go (file-based service
+// discovery), and its alerts API. Existing helpers above are unchanged.
+// ---------------------------------------------------------------------------------------
+
+/// Writes a file_sd targets file for the `iam-key-exporter` job: written aside and renamed
+/// over, so Prometheus never reads half a file.
+pub fn write_file_sd(path: &Path, targets: &[&str]) {
+    let text = serde_json::json!([{ "targets": targets }]).to_string();
+    let aside = path.with_extension("tmp");
+    std::fs::write(&aside, text).unwrap();
+    std::fs::rename(&aside, path).unwrap();
+}
+
+impl Prometheus {
+    /// A real Prometheus like `start_with_rules` (scrape and evaluation every second), whose
+    /// `iam-key-exporter` job finds its targets in the file_sd file `targets` (see
+    /// `write_file_sd`), as service discovery finds pods that come and go.
+    pub fn start_discovering(
+        targets: &Path,
+        rules: &Path,
+        extra_config: &str,
+    ) -> Option<Prometheus> {
+        let binary = which("prometheus")?;
+        let dir = tempfile::tempdir().unwrap();
+        let config = format!(
+            "global: {{scrape_interval: 1s, evaluation_interval: 1s}}\n\
+             rule_files: [\"{}\"]\n\
+             scrape_configs:\n  - job_name: iam-key-exporter\n    \
+             file_sd_configs: [{{files: [\"{}\"], refresh_interval: 1s}}]\n{extra_config}",
+            rules.display(),
+            targets.display()
+        );
+        let config_path = dir.path().join("prometheus.yml");
+        std::fs::write(&config_path, config).unwrap();
+        let address = format!("127.0.0.1:{}", free_port());
+        let child = Command::new(binary)
+            .arg(format!("--config.file={}", config_path.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
+            .arg(format!("--web.listen-address={address}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start prometheus");
+        let prometheus = Prometheus {
+            child,
+            address,
+            _dir: dir,
+        };
+        wait_for("Prometheus ready", Duration::from_secs(60), || {
+            (http_get_status(&format!("http://{}/-/ready", prometheus.address)) == Some(200))
+                .then_some(())
+        });
+        Some(prometheus)
+    }
+
+    /// The alerts Prometheus holds (pending and firing), as `/api/v1/alerts` lists them.
+    pub fn alerts(&self) -> Vec<serde_json::Value> {
+        let response = http_get(&self.address, "/api/v1/alerts", &[]);
+        let body: serde_json::Value = serde_json::from_slice(&response.body).unwrap();
+        assert_eq!(body["status"], "success", "{body}");
+        body["data"]["alerts"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    }
+}
+
+impl Exporter {
+    /// Like `start_with`, but listening on `address` (host:port): a replica restarted on
+    /// its old address, as a host or a pod keeps its identity across a restart.
+    pub fn start_at(address: &str, args: &[&str], env: &[(&str, &str)]) -> Exporter {
+        let mut command = exporter_command();
+        command
+            .args(["--web.listen-address", address])
+            .args(args)
+            .env("IAM_KEY_EXPORTER_AWS__MAX_ATTEMPTS", "2")
+            .env("IAM_KEY_EXPORTER_AWS__ATTEMPT_TIMEOUT", "5s")
+            .env("IAM_KEY_EXPORTER_AWS__CALL_TIMEOUT", "5s");
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        let mut child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start the exporter");
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let (listening_tx, listening_rx) = mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        let sink = logs.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if line.contains("listening") {
+                    let _ = listening_tx.send(());
+                }
+                eprintln!("exporter: {line}");
+                sink.lock().unwrap().push(line);
+            }
+        });
+        listening_rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the exporter logs that it listens");
+        Exporter {
+            child,
+            address: address.to_string(),
+            logs,
+        }
+    }
 }

@@ -2,12 +2,14 @@
 
 Usage:
     python moto_server.py --scenario FILE [--host 127.0.0.1] [--port 0]
-                          [--verbose] [--ignore-stdin]
-    python moto_server.py --bench-users N [--scenario FILE] [...]
+                          [--cloudtrail-delay SECONDS] [--verbose] [--ignore-stdin]
+    python moto_server.py --bench-users N [--bench-accounts A] [--scenario FILE] [...]
 
 What it does:
   1. Loads and validates a scenario JSON file (unknown fields are rejected).
-     With --bench-users N it also generates N users with 2 keys each.
+     With --bench-users N it also generates N users with 2 keys each, and
+     with --bench-accounts A an organization of A member accounts holding N
+     generated users each.
   2. Seeds moto's in-memory IAM backend with the users and access keys (and
      console password, MFA device, tags), then backdates the model objects
      (user/key CreateDate, key and password last-used) to "now minus N days".
@@ -45,12 +47,18 @@ TEST-SIDE EXTENSIONS (see README.md for exactly what is and is not emulated):
     resource "*", so a statement scoped to arn:aws:iam::*:user/* never
     matches. This script gives the user-scoped IAM actions their real
     resource, the user's ARN.
+  - moto 5.2.5 has no CloudTrail LookupEvents. This script records every IAM
+    call served over HTTP as an event in its account's history (us-east-1)
+    and adds LookupEvents to moto's CloudTrailResponse, with AWS's filters,
+    paging, errors and an optional delivery delay (--cloudtrail-delay).
 """
 
 from __future__ import annotations
 
 import argparse
 import base64
+import hashlib
+import itertools
 import json
 import logging
 import os
@@ -89,6 +97,8 @@ EXTERNAL_ID_RE = re.compile(r"[\w+=,.@:/-]{2,1224}")
 BENCH_SERVICES = (("s3", "Amazon S3"), ("ec2", "Amazon EC2"), ("lambda", "AWS Lambda"),
                   ("dynamodb", "Amazon DynamoDB"), ("sts", "AWS Security Token Service"))
 BENCH_REGIONS = ("us-east-1", "eu-west-1", "eu-central-1", "ap-southeast-2")
+BENCH_ACCOUNT_BASE = 200_000_000_000  # bench member k is account BENCH_ACCOUNT_BASE + k
+MAX_BENCH_ACCOUNTS = 1000
 
 log = logging.getLogger("iam-peer")
 
@@ -445,8 +455,8 @@ def _parse_users(doc: dict, where: str, prefix: str) -> list[UserSpec]:
     return users
 
 
-def bench_users(n: int, in_progress_polls: int = 0) -> list[UserSpec]:
-    """N users bench-user-00000.. with 2 keys each, varied but deterministic.
+def bench_users(n: int, in_progress_polls: int = 0, first: int = 0) -> list[UserSpec]:
+    """N users bench-user-<first>.. with 2 keys each, varied but deterministic.
 
     Keys are created 1..900 days ago; every third key (by global key index)
     was never used, the others were used since their creation with a service
@@ -456,7 +466,7 @@ def bench_users(n: int, in_progress_polls: int = 0) -> list[UserSpec]:
     used plus one never-accessed service.
     """
     users = []
-    for i in range(n):
+    for i in range(first, first + n):
         rng = random.Random(i)  # a user looks the same whatever N is
         keys, accessed = [], {}
         for slot in range(MAX_KEYS_PER_USER):
@@ -479,6 +489,17 @@ def bench_users(n: int, in_progress_polls: int = 0) -> list[UserSpec]:
             created_days_ago=max(k.created_days_ago for k in keys) + rng.randint(0, 60),
             keys=keys, in_progress_polls=in_progress_polls, services=services))
     return users
+
+
+def bench_accounts(n: int, users: int, in_progress_polls: int = 0) -> list[AccountSpec]:
+    """N member accounts 200000000001.. with `users` bench users each.
+
+    Member k holds bench-user-<k*users>.. so names are unique across the
+    organization and every account's users differ; each has the default role.
+    """
+    return [AccountSpec(str(BENCH_ACCOUNT_BASE + k),
+                        bench_users(users, in_progress_polls, first=k * users))
+            for k in range(1, n + 1)]
 
 
 # --------------------------------------------------------------------------
@@ -774,6 +795,268 @@ def install_credential_report() -> None:
 
 
 # --------------------------------------------------------------------------
+# TEST-SIDE EXTENSION: CloudTrail event history of IAM calls (LookupEvents)
+# --------------------------------------------------------------------------
+
+IAM_EVENT_SOURCE = "iam.amazonaws.com"
+TRAIL_REGION = "us-east-1"  # IAM is global: its events are in us-east-1's history only
+LOOKUP_PAGE_SIZE = 50  # LookupEvents: MaxResults is 1..50, default 50
+LOOKUP_KEYS = ("EventId", "EventName", "ReadOnly", "Username", "ResourceType", "ResourceName",
+               "EventSource", "AccessKeyId")
+READ_ONLY_PREFIXES = ("Get", "List", "Generate", "Simulate")
+# A request that fails authentication belongs to no account's history.
+UNAUTHENTICATED = ("InvalidClientTokenId", "SignatureDoesNotMatch")
+# CloudTrail leaves secrets out of requestParameters.
+SECRET_PARAMETERS = frozenset({"Password", "NewPassword", "OldPassword", "PrivateKey"})
+CREDENTIAL_RE = re.compile(r"Credential=([^/,\s]+)/[^/]+/([^/]+)/")
+MEMBER_RE = re.compile(r"(\w+)\.member\.(\d+)(?:\.(\w+))?")
+
+
+def _credential_scope(headers) -> tuple[str | None, str | None]:
+    """(access key id, region) from a SigV4 Authorization header."""
+    match = CREDENTIAL_RE.search(headers.get("Authorization", ""))
+    return (match.group(1), match.group(2)) if match else (None, None)
+
+
+def _camel(name: str) -> str:
+    return name[:1].lower() + name[1:]
+
+
+def request_parameters(params: dict[str, str]) -> dict | None:
+    """Query parameters the way CloudTrail writes them, or None without any.
+
+    Names become camelCase (UserName -> userName); `X.member.N` becomes a
+    list `x`, and `X.member.N.Field` a list of objects with camelCase
+    fields (Tags.member.1.Key/Value -> tags: [{key, value}]).
+    """
+    out: dict[str, Any] = {}
+    lists: dict[str, dict[int, Any]] = {}
+    for name, value in params.items():
+        if name in ("Action", "Version") or name in SECRET_PARAMETERS:
+            continue
+        member = MEMBER_RE.fullmatch(name)
+        if member is None:
+            out[_camel(name)] = value
+            continue
+        items = lists.setdefault(_camel(member.group(1)), {})
+        n, field_name = int(member.group(2)), member.group(3)
+        if field_name is None:
+            items[n] = value
+        else:
+            items.setdefault(n, {})[_camel(field_name)] = value
+    for name, items in lists.items():
+        out[name] = [items[n] for n in sorted(items)]
+    return out or None
+
+
+def _trail_date(iso: str) -> str:
+    """IAM's ISO 8601 date as CloudTrail writes dates in responseElements."""
+    dt = datetime.fromisoformat(iso.replace("Z", "+00:00"))
+    return f"{dt:%b} {dt.day}, {dt.year}, {(dt.hour + 11) % 12 + 1}:{dt:%M:%S %p}"
+
+
+def response_elements(action: str, body: str) -> dict | None:
+    """The response as CloudTrail records it: only CreateUser and CreateAccessKey
+    here (never the secret key); None for every other action."""
+    if action not in ("CreateUser", "CreateAccessKey"):
+        return None
+    from xml.etree import ElementTree
+
+    # Both results are flat: one element per field, whatever the namespace.
+    f = {el.tag.rpartition("}")[2]: el.text for el in ElementTree.fromstring(body).iter()}
+    if action == "CreateUser":
+        return {"user": {"path": f["Path"], "userName": f["UserName"], "userId": f["UserId"],
+                         "arn": f["Arn"], "createDate": _trail_date(f["CreateDate"])}}
+    return {"accessKey": {"userName": f["UserName"], "accessKeyId": f["AccessKeyId"],
+                          "status": f["Status"], "createDate": _trail_date(f["CreateDate"])}}
+
+
+def _query_error(body: str) -> tuple[str, str]:
+    """(code, message) of an IAM error response."""
+    import html
+
+    code = re.search(r"<Code>(.*?)</Code>", body)
+    message = re.search(r"<Message>(.*?)</Message>", body, re.S)
+    return (html.unescape(code.group(1)) if code else "InternalFailure",
+            html.unescape(message.group(1)) if message else "")
+
+
+def _user_identity(account: str, key: str) -> tuple[dict, str]:
+    """(CloudTrail userIdentity, LookupEvents Username) of the caller's key.
+
+    A key moto does not know (e.g. `testing`) stands for the account's root.
+    """
+    from moto.iam.models import iam_backends
+    from moto.sts.models import sts_backends
+
+    role = sts_backends[account]["aws"].get_assumed_role_from_access_key(key)
+    if role is not None:
+        return {"type": "AssumedRole", "principalId": role.user_id, "arn": role.arn,
+                "accountId": role.account_id, "accessKeyId": key}, role.session_name
+    user = iam_backends[account]["aws"].get_user_from_access_key_id(key)
+    if user is not None:
+        return {"type": "IAMUser", "principalId": user.id, "arn": user.arn, "accountId": account,
+                "accessKeyId": key, "userName": user.name}, user.name
+    return {"type": "Root", "principalId": account, "arn": f"arn:aws:iam::{account}:root",
+            "accountId": account, "accessKeyId": key}, "root"
+
+
+def iam_event(resp, when: int, body: str, error: tuple[str, str] | None) -> dict:
+    """The LookupEvents Event of an IAM call, CloudTrailEvent included."""
+    action = resp._get_action()
+    key = _credential_scope(resp.headers)[0] or resp.get_access_key()
+    identity, username = _user_identity(resp.current_account, key)
+    params = {name: values[0] for name, values in resp.querystring.items()}
+    response = None if error else response_elements(action, body)
+    read_only = action.startswith(READ_ONLY_PREFIXES)
+    event_id = str(uuid.uuid4())
+    record = {
+        "eventVersion": "1.08",
+        "userIdentity": identity,
+        "eventTime": datetime.fromtimestamp(when, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "eventSource": IAM_EVENT_SOURCE,
+        "eventName": action,
+        "awsRegion": TRAIL_REGION,
+        "sourceIPAddress": "127.0.0.1",
+        "userAgent": resp.headers.get("User-Agent", ""),
+    }
+    if error:
+        record.update(errorCode=error[0], errorMessage=error[1])
+    record.update({
+        "requestParameters": request_parameters(params),
+        "responseElements": response,
+        "requestID": str(uuid.uuid4()),
+        "eventID": event_id,
+        "readOnly": read_only,
+        "eventType": "AwsApiCall",
+        "managementEvent": True,
+        "recipientAccountId": resp.current_account,
+        "eventCategory": "Management",
+    })
+    resources = []
+    created = next(iter(response.values())) if response else {}  # the new user or key
+    user_name = params.get("UserName") or created.get("userName")
+    if user_name:
+        resources.append({"ResourceType": "AWS::IAM::User", "ResourceName": user_name})
+    key_id = params.get("AccessKeyId") or created.get("accessKeyId")
+    if key_id:
+        resources.append({"ResourceType": "AWS::IAM::AccessKey", "ResourceName": key_id})
+    return {"EventId": event_id, "EventName": action, "ReadOnly": str(read_only).lower(),
+            "AccessKeyId": key, "EventTime": when, "EventSource": IAM_EVENT_SOURCE,
+            "Username": username, "Resources": resources,
+            "CloudTrailEvent": json.dumps(record)}
+
+
+def _event_matches(event: dict, key: str, value: str) -> bool:
+    if key == "ResourceType":
+        return any(r["ResourceType"] == value for r in event["Resources"])
+    if key == "ResourceName":
+        return any(r["ResourceName"] == value for r in event["Resources"])
+    return event[key] == value
+
+
+def install_event_history(delay: float) -> None:
+    """Record every IAM call in its account's event history; add LookupEvents.
+
+    The record is made around IamResponse.call_action, where moto
+    authorizes and dispatches an action, so it sees every IAM request and
+    its outcome (an error response gives errorCode/errorMessage). Each
+    account keeps its own history: the request's account after routing.
+    LookupEvents answers the caller's account, newest first, and shows an
+    event only `delay` seconds after its EventTime, as CloudTrail delivers
+    events to the history minutes late.
+    """
+    from moto.cloudtrail.responses import CloudTrailResponse
+    from moto.iam.responses import IamResponse
+
+    history: dict[str, list[tuple[int, int, dict]]] = {}  # account -> (time, seq, event)
+    lock = threading.Lock()
+    seq = itertools.count()  # the call order breaks ties within a second
+    call_action = IamResponse.call_action
+
+    def recorded_call_action(self: IamResponse):
+        when = int(time.time())
+        status, headers, body = call_action(self)
+        text = body.decode() if isinstance(body, bytes) else body or ""
+        error = _query_error(text) if int(status) >= 400 else None
+        if error is None or error[0] not in UNAUTHENTICATED:
+            event = iam_event(self, when, text, error)
+            with lock:
+                history.setdefault(self.current_account, []).append((when, next(seq), event))
+        return status, headers, body
+
+    def lookup_events(self: CloudTrailResponse) -> str:
+        request = json.loads(self.body or "{}")
+        attributes = request.get("LookupAttributes") or []
+        if len(attributes) > 1:
+            raise _lookup_error("InvalidLookupAttributesException",
+                                "You cannot perform a lookup on more than one attribute.")
+        for a in attributes:
+            if a.get("AttributeKey") not in LOOKUP_KEYS:
+                raise _lookup_error("InvalidLookupAttributesException",
+                                    f"Invalid attribute key: {a.get('AttributeKey')!r}.")
+        start, end = request.get("StartTime"), request.get("EndTime")
+        if start is not None and end is not None and start > end:
+            raise _lookup_error("InvalidTimeRangeException", "StartTime must be before EndTime.")
+        size = request.get("MaxResults", LOOKUP_PAGE_SIZE)
+        if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= 50:
+            raise _lookup_error("InvalidMaxResultsException",
+                                f"Value {size} for MaxResults is invalid; it must be 1-50.")
+        category = request.get("EventCategory")
+        if category not in (None, "insight"):
+            raise _lookup_error("InvalidEventCategoryException",
+                                f"Invalid EventCategory {category!r}.")
+        # A token only continues the query it came from.
+        query = json.dumps([attributes, start, end, category], sort_keys=True)
+        after = _decode_lookup_token(request.get("NextToken"), query)
+
+        region = _credential_scope(self.headers)[1] or self.region
+        visible_until = time.time() - delay
+        with lock:
+            events = list(history.get(self.current_account, [])) if region == TRAIL_REGION else []
+        events = [(t, n, e) for t, n, e in events
+                  if category is None and t <= visible_until
+                  and (start is None or t >= start) and (end is None or t <= end)
+                  and all(_event_matches(e, a["AttributeKey"], a.get("AttributeValue"))
+                          for a in attributes)
+                  and (after is None or (t, n) < after)]
+        events.sort(key=lambda x: x[:2], reverse=True)
+        response: dict[str, Any] = {"Events": [e for _, _, e in events[:size]]}
+        if len(events) > size:
+            response["NextToken"] = _encode_lookup_token(events[size - 1][:2], query)
+        return json.dumps(response)
+
+    IamResponse.call_action = recorded_call_action
+    CloudTrailResponse.lookup_events = lookup_events
+    json_auth_errors(CloudTrailResponse)
+
+
+def _lookup_error(code: str, message: str) -> Exception:
+    """A LookupEvents error: JSON, HTTP 400, like every error of the operation."""
+    from moto.core.exceptions import JsonRESTError
+
+    return JsonRESTError(code, message)
+
+
+def _encode_lookup_token(last: tuple[int, int], query: str) -> str:
+    digest = hashlib.sha256(query.encode()).hexdigest()[:16]
+    return base64.urlsafe_b64encode(f"ct:{last[0]}:{last[1]}:{digest}".encode()).decode()
+
+
+def _decode_lookup_token(token: str | None, query: str) -> tuple[int, int] | None:
+    """The (time, seq) a page continues after, or None for the first page."""
+    if token is None:
+        return None
+    try:
+        prefix, when, n, digest = base64.urlsafe_b64decode(token.encode()).decode().split(":")
+        if prefix == "ct" and digest == hashlib.sha256(query.encode()).hexdigest()[:16]:
+            return int(when), int(n)
+    except ValueError:  # covers binascii.Error and UnicodeDecodeError
+        pass
+    raise _lookup_error("InvalidNextTokenException", "Invalid NextToken.")
+
+
+# --------------------------------------------------------------------------
 # Member accounts, organization, auth mode
 # --------------------------------------------------------------------------
 
@@ -954,12 +1237,8 @@ def install_organizations() -> None:
     AWS answers AWSOrganizationsNotInUseException, or AccessDeniedException
     to a member account. NextToken is left out on the last page, as in AWS.
 
-    In auth mode moto denies an Organizations call with its IAM-style XML
-    error (HTTP 403, code AccessDenied), which a JSON-protocol client cannot
-    read. Here it is the JSON error AWS sends: AccessDeniedException, HTTP
-    400, with moto's message (which names the user and the action).
+    In auth mode a denied call answers AWS's JSON error (json_auth_errors).
     """
-    from moto.core.exceptions import AccessDeniedError, JsonRESTError, _RESTError
     from moto.organizations.exceptions import (AWSOrganizationsNotInUseException,
                                                OrganizationsClientError)
     from moto.organizations.models import organizations_backends
@@ -980,20 +1259,33 @@ def install_organizations() -> None:
             response["NextToken"] = next_token
         return json.dumps(response)
 
-    authorize = OrganizationsResponse._authenticate_and_authorize_normal_action
+    OrganizationsResponse.list_accounts = list_accounts
+    json_auth_errors(OrganizationsResponse)
 
-    def authorize_json(self: OrganizationsResponse, resource: str = "*") -> None:
+
+def json_auth_errors(cls: type) -> None:
+    """Deny calls of a JSON-protocol service (`cls`, a moto response class) in JSON.
+
+    moto's denial is IAM-style XML (HTTP 403, AccessDenied), which a JSON
+    client cannot read. AWS answers AccessDeniedException with HTTP 400;
+    moto's message (naming the user and the action) is kept. Other auth
+    errors (e.g. InvalidClientTokenId) keep their code and status, as JSON.
+    """
+    from moto.core.exceptions import AccessDeniedError, JsonRESTError, _RESTError
+
+    authorize = cls._authenticate_and_authorize_normal_action
+
+    def authorize_json(self, resource: str = "*") -> None:
         try:
             authorize(self, resource)
         except AccessDeniedError as exc:
             denied = JsonRESTError("AccessDeniedException", exc.message)
             denied.code = 400
             raise denied from None
-        except _RESTError as exc:  # e.g. InvalidClientTokenId: same code and status, as JSON
+        except _RESTError as exc:
             raise exc.to_json() from None
 
-    OrganizationsResponse.list_accounts = list_accounts
-    OrganizationsResponse._authenticate_and_authorize_normal_action = authorize_json
+    cls._authenticate_and_authorize_normal_action = authorize_json
 
 
 # The IAM actions whose resource is a user: the user named by UserName, or
@@ -1127,6 +1419,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bench-job-polls", type=int, default=0, metavar="N",
                         help="the generated users' service-last-accessed jobs answer "
                              "IN_PROGRESS to their first N polls (default 0: done at once)")
+    parser.add_argument("--bench-accounts", type=int, metavar="N",
+                        help="with --bench-users M: an organization of N member accounts "
+                             f"(at most {MAX_BENCH_ACCOUNTS}) with M generated users each, "
+                             "besides the M of the management account")
+    parser.add_argument("--cloudtrail-delay", type=float, default=0.0, metavar="SECONDS",
+                        help="LookupEvents shows an IAM call's event only this long after "
+                             "it (default 0: at once)")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0, help="0 = any free port")
     parser.add_argument("--verbose", action="store_true", help="log every HTTP request")
@@ -1137,6 +1436,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--scenario is required unless --bench-users is given")
     if args.bench_users is not None and args.bench_users < 1:
         parser.error("--bench-users must be at least 1")
+    if args.bench_accounts is not None and args.bench_users is None:
+        parser.error("--bench-accounts needs --bench-users")
+    if args.bench_accounts is not None and not 1 <= args.bench_accounts <= MAX_BENCH_ACCOUNTS:
+        parser.error(f"--bench-accounts must be 1-{MAX_BENCH_ACCOUNTS}")
+    if args.cloudtrail_delay < 0:
+        parser.error("--cloudtrail-delay must not be negative")
 
     logging.basicConfig(stream=sys.stderr, level=logging.INFO,
                         format="moto_server: %(message)s")
@@ -1157,6 +1462,14 @@ def main(argv: list[str] | None = None) -> int:
             if taken & {u.name for u in bench}:
                 raise ScenarioError("user names clash with --bench-users (bench-user-NNNNN)")
             scenario.users += bench
+        if args.bench_accounts:
+            members = bench_accounts(args.bench_accounts, args.bench_users, args.bench_job_polls)
+            taken = ({scenario.account_id} | {a.account_id for a in scenario.accounts}
+                     | set(scenario.suspended))
+            if taken & {a.account_id for a in members}:
+                raise ScenarioError("account ids clash with --bench-accounts (2000000000NN)")
+            scenario.accounts += members
+            scenario.organization = True
     except (OSError, json.JSONDecodeError, ScenarioError) as exc:
         log.error("invalid scenario %s: %s", args.scenario, exc)
         return 2
@@ -1204,6 +1517,10 @@ def main(argv: list[str] | None = None) -> int:
         organization = seed_organization(
             account_id, [a.account_id for a in scenario.accounts if a.in_organization],
             scenario.suspended, now)
+    if scenario.accounts:
+        log.info("seeded %d member accounts (%d users)%s in %.2f s", len(accounts),
+                 sum(len(a["users"]) for a in accounts),
+                 " and the organization" if organization else "", time.monotonic() - started)
     credentials = None
     if scenario.auth is not None:
         credentials, services = seed_exporter_user(account_id, scenario.auth, now)
@@ -1212,6 +1529,7 @@ def main(argv: list[str] | None = None) -> int:
     install_service_last_accessed(services_by_arn)
     install_credential_report()
     install_organizations()
+    install_event_history(args.cloudtrail_delay)
     if scenario.accounts or scenario.suspended:
         install_account_routing([a.account_id for a in scenario.accounts])
         install_assume_role_trust(account_id, scenario.accounts, scenario.suspended)
@@ -1229,18 +1547,24 @@ def main(argv: list[str] | None = None) -> int:
     endpoint = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
     line: dict[str, Any] = {"endpoint": endpoint, "account_id": account_id, "users": described}
-    if args.bench_users:  # thousands of users: counts only
-        line.update(users=len(described), keys=sum(len(u["keys"]) for u in described))
     if scenario.accounts:
         line["accounts"] = accounts
     if organization is not None:
         line["organization"] = organization
+    if args.bench_users:  # thousands of users: counts only
+        everyone = described + [u for a in accounts for u in a["users"]]
+        line.update(users=len(everyone), keys=sum(len(u["keys"]) for u in everyone))
+        if scenario.accounts:
+            line.update(accounts=len(accounts), organization={
+                "accounts": len(organization["accounts"]),
+                "suspended": len(organization["suspended"])})
     if credentials is not None:
         # moto-made test credentials of the exporter's user, valid only here.
         line["credentials"] = credentials
     real_stdout.write(json.dumps(line) + "\n")
     real_stdout.flush()
-    log.info("serving %d users on %s", len(described), endpoint)
+    log.info("serving %d users on %s", len(described) + sum(len(a["users"]) for a in accounts),
+             endpoint)
 
     why = wait_for_shutdown(watch_stdin=not args.ignore_stdin)
     log.info("%s: stopping", why)

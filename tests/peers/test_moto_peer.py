@@ -1,4 +1,5 @@
-"""Self-test of moto_server.py: user tags, member accounts, organization, auth mode.
+"""Self-test of moto_server.py: user tags, member accounts, organization, auth mode,
+CloudTrail event history and the bench organization.
 
 Run with the peer venv (moto[server] 5.2.5 and boto3):
 
@@ -20,6 +21,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 import unittest
 from pathlib import Path
 
@@ -45,21 +47,30 @@ def policy_actions(path: Path) -> list[str]:
 
 EXPORTER_ACTIONS = policy_actions(REPO / "config" / "iam-policy.json")
 HUB_ACTIONS = policy_actions(REPO / "config" / "iam-policy-hub.json")
+IAM_SOURCE = [{"AttributeKey": "EventSource", "AttributeValue": "iam.amazonaws.com"}]
+
+
+def denied_code(action: str) -> str:
+    """What a denied call answers: JSON-protocol services say AccessDeniedException."""
+    json_services = ("organizations", "cloudtrail")
+    return "AccessDeniedException" if action.split(":")[0] in json_services else "AccessDenied"
 
 
 class Peer:
-    """moto_server.py with a scenario (a dict or a file), as a context manager."""
+    """moto_server.py with a scenario (a dict, a file or none) and more
+    arguments, as a context manager."""
 
-    def __init__(self, scenario: dict | Path, wait: bool = True):
+    def __init__(self, scenario: dict | Path | None, wait: bool = True, args: tuple = ()):
+        self._file, command = None, [sys.executable, str(SCRIPT), *args]
         if isinstance(scenario, dict):
             self._file = tempfile.NamedTemporaryFile("w", suffix=".json", delete=False)
             json.dump(scenario, self._file)
             self._file.close()
-            path = self._file.name
-        else:
-            self._file, path = None, str(scenario)
+            command += ["--scenario", self._file.name]
+        elif scenario is not None:
+            command += ["--scenario", str(scenario)]
         self.proc = subprocess.Popen(
-            [sys.executable, str(SCRIPT), "--scenario", path],
+            command,
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         self.line: dict = {}
         if wait:
@@ -76,9 +87,14 @@ class Peer:
             self.endpoint = self.line["endpoint"]
         return self
 
-    def client(self, service: str, creds: dict | None = None):
-        return boto3.client(service, endpoint_url=self.endpoint, region_name="us-east-1",
+    def client(self, service: str, creds: dict | None = None, region: str = "us-east-1"):
+        return boto3.client(service, endpoint_url=self.endpoint, region_name=region,
                             config=NO_RETRIES, **(creds or PLAIN))
+
+    def events(self, creds: dict | None = None, region: str = "us-east-1", **kw) -> list[dict]:
+        """Every event LookupEvents answers (all pages, newest first)."""
+        pages = self.client("cloudtrail", creds, region).get_paginator("lookup_events")
+        return [e for page in pages.paginate(**kw) for e in page["Events"]]
 
     def close(self) -> int:
         self.proc.stdin.close()  # EOF: the server stops
@@ -170,8 +186,8 @@ class ScenarioValidation(unittest.TestCase):
         s["organization"] = {"enabled": True, "members": []}
         cases.append((s, "organization: unknown field(s) ['members']"))
         s = copy.deepcopy(base)
-        s["auth"] = {"policy_file": "config/iam-policy.json", "remove_actions": ["iam:GetUser"]}
-        cases.append((s, "auth.remove_actions[0]: 'iam:GetUser' is in neither"))
+        s["auth"] = {"policy_file": "config/iam-policy.json", "remove_actions": ["iam:DeleteUser"]}
+        cases.append((s, "auth.remove_actions[0]: 'iam:DeleteUser' is in neither"))
         s = copy.deepcopy(base)
         s["auth"] = {"policy_file": "config/no-such-policy.json"}
         cases.append((s, "no-such-policy.json"))
@@ -384,7 +400,7 @@ class AuthMode(unittest.TestCase):
         mine = {"aws_access_key_id": creds["access_key_id"],
                 "aws_secret_access_key": creds["secret_access_key"]}
         iam, sts = peer.client("iam", mine), peer.client("sts", mine)
-        orgs = peer.client("organizations", mine)
+        orgs, trail = peer.client("organizations", mine), peer.client("cloudtrail", mine)
         user = peer.line["users"][0]
         key = user["keys"][0]["access_key_id"]
         role = next(a["role_arn"] for a in peer.line["accounts"]
@@ -401,6 +417,7 @@ class AuthMode(unittest.TestCase):
             "iam:GenerateCredentialReport": lambda: iam.generate_credential_report(),
             "iam:GetCredentialReport": lambda: iam.get_credential_report(),
             "iam:GetAccountSummary": lambda: iam.get_account_summary(),
+            "iam:GetUser": lambda: iam.get_user(UserName=user["name"]),
             "iam:ListAccessKeys": lambda: iam.list_access_keys(UserName=user["name"]),
             "iam:GetAccessKeyLastUsed": lambda: iam.get_access_key_last_used(AccessKeyId=key),
             "iam:ListUserTags": lambda: iam.list_user_tags(UserName=user["name"]),
@@ -412,6 +429,7 @@ class AuthMode(unittest.TestCase):
             "sts:AssumeRole": lambda: sts.assume_role(
                 RoleArn=role, RoleSessionName="peer-test", ExternalId=external_id(self.ACCOUNT)),
             "organizations:ListAccounts": lambda: orgs.list_accounts(),
+            "cloudtrail:LookupEvents": lambda: trail.lookup_events(LookupAttributes=IAM_SOURCE),
             "sts:GetCallerIdentity": lambda: sts.get_caller_identity(),
         }
 
@@ -423,6 +441,7 @@ class AuthMode(unittest.TestCase):
         account = next(a for a in peer.line["accounts"] if a["account_id"] == self.ACCOUNT)
         role = assumed(sts, account["role_arn"], external_id(self.ACCOUNT))
         iam, sts = peer.client("iam", role), peer.client("sts", role)
+        trail = peer.client("cloudtrail", role)
         user = account["users"][0]
         key = user["keys"][0]["access_key_id"]
 
@@ -444,6 +463,7 @@ class AuthMode(unittest.TestCase):
             "iam:GenerateCredentialReport": lambda: iam.generate_credential_report(),
             "iam:GetCredentialReport": report,
             "iam:GetAccountSummary": lambda: iam.get_account_summary(),
+            "iam:GetUser": lambda: iam.get_user(UserName=user["name"]),
             "iam:ListAccessKeys": lambda: iam.list_access_keys(UserName=user["name"]),
             "iam:GetAccessKeyLastUsed": lambda: iam.get_access_key_last_used(AccessKeyId=key),
             "iam:ListUserTags": lambda: iam.list_user_tags(UserName=user["name"]),
@@ -452,6 +472,7 @@ class AuthMode(unittest.TestCase):
             "iam:GetServiceLastAccessedDetails":
                 lambda: iam.get_service_last_accessed_details(JobId=job()),
             "sts:GetAccessKeyInfo": lambda: sts.get_access_key_info(AccessKeyId=key),
+            "cloudtrail:LookupEvents": lambda: trail.lookup_events(LookupAttributes=IAM_SOURCE),
         }
 
     def test_every_action_is_enforced(self) -> None:
@@ -480,16 +501,13 @@ class AuthMode(unittest.TestCase):
         with Peer(self.scenario(actions)) as peer:  # no policy at all
             for action, call in self.calls(peer).items():
                 with self.subTest(everything_removed=action):
-                    expected = (None if action == "sts:GetCallerIdentity"
-                                else "AccessDeniedException" if action.startswith("organizations:")
-                                else "AccessDenied")
+                    expected = None if action == "sts:GetCallerIdentity" else denied_code(action)
                     self.assertEqual(error_code(call), expected)
 
     def check_removed(self, removed: str, peer: Peer) -> None:
         with self.subTest(removed=removed):
             calls = self.calls(peer)
-            denied = ("AccessDeniedException" if removed.startswith("organizations:")
-                      else "AccessDenied")
+            denied = denied_code(removed)
             self.assertEqual(error_code(calls.pop(removed)), denied)
             for action, call in calls.items():  # only that one is gone
                 self.assertNotIn(error_code(call), DENIED, action)
@@ -527,6 +545,284 @@ class AuthMode(unittest.TestCase):
                         self.assertEqual(error_code(
                             lambda: iam.generate_service_last_accessed_details(Arn=user["arn"])),
                             expected)
+
+
+def trail_record(event: dict) -> dict:
+    """The CloudTrail record of a LookupEvents event (a JSON string on the wire)."""
+    return json.loads(event["CloudTrailEvent"])
+
+
+class CloudTrailHistory(unittest.TestCase):
+    """LookupEvents over the IAM calls the peer served (a test-side extension)."""
+
+    def test_calls_are_recorded_with_their_details(self) -> None:
+        with Peer(HERE / "sample-inventory.json") as peer:
+            iam = peer.client("iam")
+            started = int(server_time(peer))
+            dave = iam.create_user(UserName="dave", Path="/eng/",
+                                   Tags=[{"Key": "team", "Value": "x"}])["User"]
+            key = iam.create_access_key(UserName="dave")["AccessKey"]
+            iam.update_access_key(UserName="dave", AccessKeyId=key["AccessKeyId"],
+                                  Status="Inactive")
+            iam.untag_user(UserName="dave", TagKeys=["team"])
+            iam.list_users()
+            self.assertEqual(error_code(lambda: iam.get_user(UserName="nobody")), "NoSuchEntity")
+            ended = int(server_time(peer))
+
+            # The wire: EventTime an epoch number, CloudTrailEvent a string.
+            trail, raw = peer.client("cloudtrail"), []
+            trail.meta.events.register("after-call.cloudtrail.LookupEvents",
+                                       lambda http_response, **_: raw.append(http_response.text))
+            trail.lookup_events(LookupAttributes=IAM_SOURCE)
+            wire = json.loads(raw[0])["Events"][0]
+            self.assertIsInstance(wire["EventTime"], (int, float))
+            self.assertIsInstance(wire["CloudTrailEvent"], str)
+
+            events = peer.events(LookupAttributes=IAM_SOURCE)
+            self.assertEqual([e["EventName"] for e in events],
+                             ["GetUser", "ListUsers", "UntagUser", "UpdateAccessKey",
+                              "CreateAccessKey", "CreateUser"])  # newest first
+            by_name = {e["EventName"]: e for e in events}
+            for e in events:
+                record = trail_record(e)
+                self.assertEqual(record["eventID"], e["EventId"])
+                self.assertEqual(e["ReadOnly"], "true" if e["EventName"] in ("GetUser", "ListUsers")
+                                 else "false")
+                self.assertEqual(record["readOnly"], e["ReadOnly"] == "true")
+                self.assertTrue(started <= e["EventTime"].timestamp() <= ended)
+                self.assertEqual(record["eventTime"],
+                                 e["EventTime"].strftime("%Y-%m-%dT%H:%M:%SZ"))
+                self.assertEqual((e["EventSource"], record["awsRegion"], record["eventType"],
+                                  record["recipientAccountId"], record["managementEvent"]),
+                                 ("iam.amazonaws.com", "us-east-1", "AwsApiCall",
+                                  "123456789012", True))
+                # `testing` is no key of any user: the account's root made the call.
+                self.assertEqual((e["Username"], e["AccessKeyId"]), ("root", "testing"))
+                self.assertEqual(record["userIdentity"], {
+                    "type": "Root", "principalId": "123456789012",
+                    "arn": "arn:aws:iam::123456789012:root", "accountId": "123456789012",
+                    "accessKeyId": "testing"})
+
+            create = trail_record(by_name["CreateUser"])
+            self.assertEqual(create["requestParameters"], {
+                "userName": "dave", "path": "/eng/", "tags": [{"key": "team", "value": "x"}]})
+            user = create["responseElements"]["user"]
+            self.assertEqual((user["userName"], user["path"], user["arn"]),
+                             ("dave", "/eng/", "arn:aws:iam::123456789012:user/eng/dave"))
+            self.assertEqual(user["userId"], dave["UserId"])
+            self.assertEqual(by_name["CreateUser"]["Resources"],
+                             [{"ResourceType": "AWS::IAM::User", "ResourceName": "dave"}])
+
+            created = by_name["CreateAccessKey"]
+            self.assertEqual(trail_record(created)["responseElements"]["accessKey"] | {
+                "createDate": None}, {"userName": "dave", "accessKeyId": key["AccessKeyId"],
+                                      "status": "Active", "createDate": None})
+            self.assertNotIn(key["SecretAccessKey"], created["CloudTrailEvent"])
+            self.assertEqual(created["Resources"], [
+                {"ResourceType": "AWS::IAM::User", "ResourceName": "dave"},
+                {"ResourceType": "AWS::IAM::AccessKey", "ResourceName": key["AccessKeyId"]}])
+            self.assertEqual(trail_record(by_name["UpdateAccessKey"])["requestParameters"], {
+                "userName": "dave", "accessKeyId": key["AccessKeyId"], "status": "Inactive"})
+            self.assertEqual(trail_record(by_name["UntagUser"])["requestParameters"],
+                             {"userName": "dave", "tagKeys": ["team"]})
+            listed = trail_record(by_name["ListUsers"])
+            self.assertIsNone(listed["requestParameters"])
+            self.assertIsNone(listed["responseElements"])
+            self.assertNotIn("errorCode", listed)
+            failed = trail_record(by_name["GetUser"])
+            self.assertEqual(failed["errorCode"], "NoSuchEntity")
+            self.assertIn("nobody", failed["errorMessage"])
+
+            # One attribute at a time, any of the keys.
+            def names(key: str, value: str) -> list[str]:
+                attribute = [{"AttributeKey": key, "AttributeValue": value}]
+                return [e["EventName"] for e in peer.events(LookupAttributes=attribute)]
+
+            self.assertEqual(names("EventName", "CreateUser"), ["CreateUser"])
+            self.assertEqual(names("ReadOnly", "true"), ["GetUser", "ListUsers"])
+            self.assertEqual(names("ResourceName", "dave"),
+                             ["UntagUser", "UpdateAccessKey", "CreateAccessKey", "CreateUser"])
+            self.assertEqual(names("ResourceType", "AWS::IAM::AccessKey"),
+                             ["UpdateAccessKey", "CreateAccessKey"])
+            self.assertEqual(names("EventId", by_name["ListUsers"]["EventId"]), ["ListUsers"])
+            self.assertEqual(len(names("Username", "root")), 6)
+            self.assertEqual(len(names("AccessKeyId", "testing")), 6)
+            self.assertEqual(names("EventSource", "sts.amazonaws.com"), [])
+            # IAM's events are in us-east-1's history only.
+            self.assertEqual(peer.events(region="eu-west-1", LookupAttributes=IAM_SOURCE), [])
+
+    def test_invalid_requests(self) -> None:
+        with Peer(HERE / "sample-inventory.json") as peer:
+            trail = peer.client("cloudtrail")
+            two = IAM_SOURCE + [{"AttributeKey": "ReadOnly", "AttributeValue": "false"}]
+            cases = {
+                "InvalidLookupAttributesException": dict(LookupAttributes=two),
+                "InvalidMaxResultsException": dict(MaxResults=51),
+                "InvalidTimeRangeException": dict(StartTime=2000, EndTime=1000),
+                "InvalidNextTokenException": dict(NextToken="bogus"),
+            }
+            for code, kw in cases.items():
+                with self.subTest(code):
+                    with self.assertRaises(ClientError) as raised:
+                        trail.lookup_events(**kw)
+                    self.assertEqual(raised.exception.response["Error"]["Code"], code)
+                    self.assertEqual(
+                        raised.exception.response["ResponseMetadata"]["HTTPStatusCode"], 400)
+            self.assertEqual(error_code(lambda: trail.lookup_events(LookupAttributes=[
+                {"AttributeKey": "UserName", "AttributeValue": "x"}])),
+                "InvalidLookupAttributesException")  # keys are case-sensitive
+
+    def test_pages_newest_first(self) -> None:
+        with Peer(HERE / "sample-inventory.json") as peer:
+            iam = peer.client("iam")
+            for n in range(120):
+                iam.list_user_tags(UserName="carol", MaxItems=n + 1)
+            newest_first = list(range(120, 0, -1))
+            trail = peer.client("cloudtrail")
+            pages, token = [], {}
+            while True:
+                page = trail.lookup_events(LookupAttributes=IAM_SOURCE, **token)
+                pages.append([int(trail_record(e)["requestParameters"]["maxItems"])
+                              for e in page["Events"]])
+                if "NextToken" not in page:
+                    break
+                token = {"NextToken": page["NextToken"]}
+            self.assertEqual([len(p) for p in pages], [50, 50, 20])
+            self.assertEqual(sum(pages, []), newest_first)
+            seven = [int(trail_record(e)["requestParameters"]["maxItems"])
+                     for e in peer.events(LookupAttributes=IAM_SOURCE,
+                                          PaginationConfig={"PageSize": 7})]
+            self.assertEqual(seven, newest_first)
+            # A token continues only the query it came from.
+            first = trail.lookup_events(LookupAttributes=IAM_SOURCE)
+            self.assertEqual(error_code(lambda: trail.lookup_events(
+                NextToken=first["NextToken"])), "InvalidNextTokenException")
+
+    def test_time_range_is_inclusive(self) -> None:
+        with Peer(HERE / "sample-inventory.json") as peer:
+            iam = peer.client("iam")
+            iam.get_user(UserName="alice")
+            time.sleep(1.1)  # EventTimes are whole seconds
+            iam.get_user(UserName="bob")
+            alice, bob = peer.events()[::-1]
+            t_alice, t_bob = alice["EventTime"], bob["EventTime"]
+            self.assertLess(t_alice, t_bob)
+
+            def users(**kw) -> list[str]:
+                return [e["Resources"][0]["ResourceName"] for e in peer.events(**kw)]
+
+            self.assertEqual(users(StartTime=t_bob), ["bob"])
+            self.assertEqual(users(EndTime=t_alice), ["alice"])
+            self.assertEqual(users(StartTime=t_alice, EndTime=t_alice), ["alice"])
+            self.assertEqual(users(StartTime=t_alice, EndTime=t_bob), ["bob", "alice"])
+
+    def test_delay_hides_a_fresh_event(self) -> None:
+        with Peer(HERE / "sample-inventory.json", args=("--cloudtrail-delay", "2")) as peer:
+            peer.client("iam").list_users()
+            called = time.monotonic()
+            self.assertEqual(peer.events(), [])
+            deadline = called + 10
+            while not (events := peer.events()) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            self.assertEqual([e["EventName"] for e in events], ["ListUsers"])
+            # EventTime is whole seconds, so a 2 s delay hides an event for 1-2 s.
+            self.assertGreater(time.monotonic() - called, 1)
+            self.assertGreaterEqual(server_time(peer), events[0]["EventTime"].timestamp() + 2)
+
+    def test_each_account_has_its_own_history(self) -> None:
+        with Peer(HERE / "multi-account.json") as peer:
+            sts, iam = peer.client("sts"), peer.client("iam")
+            iam.list_users()
+            member, other = peer.line["accounts"]
+            creds = assumed(sts, member["role_arn"])
+            member_iam = peer.client("iam", creds)
+            member_iam.list_users()
+            member_iam.get_account_summary()
+            other_creds = assumed(sts, other["role_arn"], external_id(other["account_id"]))
+
+            self.assertEqual([e["EventName"] for e in peer.events()], ["ListUsers"])
+            events = peer.events(creds)
+            self.assertEqual([e["EventName"] for e in events], ["GetAccountSummary", "ListUsers"])
+            acct = member["account_id"]
+            for e in events:
+                record = trail_record(e)
+                self.assertEqual((e["Username"], e["AccessKeyId"]),
+                                 ("peer-test", creds["aws_access_key_id"]))
+                self.assertEqual(record["recipientAccountId"], acct)
+                identity = record["userIdentity"]
+                self.assertEqual(
+                    (identity["type"], identity["arn"], identity["accountId"]),
+                    ("AssumedRole", f"arn:aws:sts::{acct}:assumed-role/iam-key-exporter/peer-test",
+                     acct))
+                self.assertTrue(identity["principalId"].endswith(":peer-test"))
+            self.assertEqual(peer.events(other_creds), [])
+
+    def test_lookup_needs_the_permission(self) -> None:
+        for removed in ([], ["cloudtrail:LookupEvents"]):
+            scenario = copy.deepcopy(MULTI)
+            scenario["auth"] = {"policy_file": "config/iam-policy.json", "remove_actions": removed}
+            with self.subTest(removed=removed), Peer(scenario) as peer:
+                creds = peer.line["credentials"]
+                mine = {"aws_access_key_id": creds["access_key_id"],
+                        "aws_secret_access_key": creds["secret_access_key"]}
+                iam = peer.client("iam", mine)
+                iam.list_users()
+                self.assertEqual(error_code(lambda: iam.create_user(UserName="eve")),
+                                 "AccessDenied")
+                # Unknown credentials belong to no account: not recorded.
+                self.assertEqual(error_code(peer.client("iam").list_users),
+                                 "InvalidClientTokenId")
+                role = assumed(peer.client("sts", mine), peer.line["accounts"][0]["role_arn"])
+                if removed:  # denied to the exporter's user and to the member role
+                    for who in (mine, role):
+                        with self.assertRaises(ClientError) as raised:
+                            peer.client("cloudtrail", who).lookup_events()
+                        error = raised.exception.response
+                        self.assertEqual(error["Error"]["Code"], "AccessDeniedException")
+                        self.assertEqual(error["ResponseMetadata"]["HTTPStatusCode"], 400)
+                    continue
+                events = peer.events(mine)
+                self.assertEqual([e["EventName"] for e in events], ["CreateUser", "ListUsers"])
+                self.assertEqual(trail_record(events[0])["errorCode"], "AccessDenied")
+                identity = trail_record(events[1])["userIdentity"]
+                self.assertTrue(identity.pop("principalId"))
+                self.assertEqual(identity, {
+                    "type": "IAMUser", "arn": creds["arn"], "accountId": "123456789012",
+                    "accessKeyId": creds["access_key_id"], "userName": "iam-key-exporter"})
+                self.assertEqual(events[1]["Username"], "iam-key-exporter")
+                self.assertEqual(peer.events(role), [])
+
+
+class BenchOrganization(unittest.TestCase):
+    def test_small_organization(self) -> None:
+        with Peer(None, args=("--bench-users", "3", "--bench-accounts", "5")) as peer:
+            self.assertEqual(peer.line | {"endpoint": None}, {
+                "endpoint": None, "account_id": "123456789012", "users": 18, "keys": 36,
+                "accounts": 5, "organization": {"accounts": 6, "suspended": 0}})
+            orgs = peer.client("organizations")
+            listed = [a for page in orgs.get_paginator("list_accounts").paginate()
+                      for a in page["Accounts"]]
+            members = [f"20000000000{k}" for k in range(1, 6)]
+            self.assertEqual([a["Id"] for a in listed], ["123456789012"] + members)
+            self.assertTrue(all(a["Status"] == "ACTIVE" for a in listed))
+            main_users = [u["UserName"] for u in peer.client("iam").list_users()["Users"]]
+            self.assertEqual(main_users, ["bench-user-00000", "bench-user-00001",
+                                          "bench-user-00002"])
+            sts = peer.client("sts")
+            for k, acct in enumerate(members, start=1):
+                with self.subTest(acct):
+                    creds = assumed(sts, f"arn:aws:iam::{acct}:role/iam-key-exporter")
+                    self.assertEqual(peer.client("sts", creds).get_caller_identity()["Account"],
+                                     acct)
+                    iam = peer.client("iam", creds)
+                    users = iam.list_users()["Users"]
+                    self.assertEqual([u["UserName"] for u in users],
+                                     [f"bench-user-{n:05d}" for n in range(3 * k, 3 * k + 3)])
+                    for u in users:
+                        self.assertTrue(u["Arn"].startswith(f"arn:aws:iam::{acct}:user/bench/"))
+                        self.assertEqual(
+                            len(iam.list_access_keys(UserName=u["UserName"])["AccessKeyMetadata"]),
+                            2)
 
 
 if __name__ == "__main__":
