@@ -1,6 +1,8 @@
 //! Criterion benchmark: rendering a snapshot (text and gzip prefix) of 10,000 keys, as one
 //! account at IAM's user quota and as 100 accounts of 50 users, with two tag labels on
-//! every user in the second case.
+//! every user in the second case; and an organization of 1,000 accounts of 20 users
+//! (40,000 keys, two tag labels each), built whole, or published one account at a time:
+//! rendering that account's fragment, and assembling the snapshot from all fragments.
 
 use std::collections::BTreeMap;
 use std::hint::black_box;
@@ -8,10 +10,11 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use criterion::{Criterion, criterion_group, criterion_main};
+use iam_key_exporter::exposition::Recycler;
 use iam_key_exporter::inventory::{
     AccessKey, AccountData, Inventory, KeyStatus, LastUse, ServiceCounts, User,
 };
-use iam_key_exporter::snapshot::Snapshot;
+use iam_key_exporter::snapshot::{AccountFragment, Snapshot};
 
 fn account(id: &str, users: usize, tagged: bool) -> AccountData {
     let now = SystemTime::now();
@@ -91,9 +94,51 @@ fn render(c: &mut Criterion) {
     });
 }
 
+fn organization(c: &mut Criterion) {
+    let accounts: BTreeMap<String, AccountData> = (0..1_000)
+        .map(|i| {
+            let id = format!("{:012}", 100_000_000_000u64 + i);
+            (id.clone(), account(&id, 20, true))
+        })
+        .collect();
+    let fragments: Vec<AccountFragment> = accounts.values().map(AccountFragment::render).collect();
+    let mut recycler = Recycler::default();
+    let built = Snapshot::build(&accounts);
+    let assembled = Snapshot::assemble(&fragments, &mut recycler);
+    assert_eq!(
+        (assembled.keys, &assembled.exposition),
+        (40_000, &built.exposition)
+    );
+    eprintln!(
+        "1000 accounts x 20 users: {} bytes of text; gzip {} bytes built whole, {} assembled",
+        built.exposition.len(),
+        built.gzip_prefix.len(),
+        assembled.gzip_prefix.len(),
+    );
+    let one = accounts.values().nth(500).expect("1,000 accounts");
+    c.bench_function("render one account's fragment, 20 users, 2 tags", |b| {
+        b.iter(|| AccountFragment::render(black_box(one)))
+    });
+    // As the publisher does: the snapshot being served stays alive while the next one is
+    // assembled, and the one before is written over.
+    let mut served = assembled;
+    c.bench_function("assemble snapshot, 1000 accounts x 20 users, 2 tags", |b| {
+        b.iter(|| served = Snapshot::assemble(black_box(&fragments), &mut recycler))
+    });
+    drop(served);
+    c.bench_function("build snapshot, 1000 accounts x 20 users, 2 tags", |b| {
+        b.iter(|| Snapshot::build(black_box(&accounts)))
+    });
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().sample_size(20);
     targets = render
 }
-criterion_main!(benches);
+criterion_group! {
+    name = organization_benches;
+    config = Criterion::default().sample_size(10).measurement_time(Duration::from_secs(3));
+    targets = organization
+}
+criterion_main!(benches, organization_benches);

@@ -2,6 +2,11 @@
 //! Scrapes serve these bytes; they never format or call AWS. Whatever repeats the sources
 //! hand over, no exposition holds two series with the same name and labels (Prometheus
 //! rejects the whole scrape when one does): see `Snapshot::build`.
+//!
+//! A snapshot is built whole (`Snapshot::build`) or assembled from each account's
+//! `AccountFragment`, rendered and compressed when that account's data changes
+//! (`Snapshot::assemble`): publishing one account of a thousand then costs rendering that
+//! account and copying the others' bytes, not rendering and compressing them all again.
 
 use std::borrow::Cow;
 use std::collections::hash_map::Entry;
@@ -9,13 +14,14 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::Write;
 use std::time::SystemTime;
 
-use crate::exposition::GzipPrefix;
+use crate::exposition::{Deflater, GzipBuilder, GzipPrefix, Recycler};
 use crate::inventory::{
     AccessKey, AccountData, Inventory, KeyStatus, Login, ServiceCounts, TagLabels, User,
     unix_seconds,
 };
 use crate::metrics::Family;
 use bytes::Bytes;
+use flate2::{Compression, Crc};
 
 #[derive(Debug, Clone)]
 pub struct Snapshot {
@@ -65,28 +71,262 @@ impl Snapshot {
     /// This costs one hash per account and per user, and for each key a look at the few
     /// keys of its user rendered before it; the text is never read back.
     pub fn build(accounts: &BTreeMap<String, AccountData>) -> Snapshot {
-        let views: Vec<View> = accounts
-            .values()
-            .filter_map(|data| {
-                Some(View {
-                    inventory: data.inventory.as_deref()?,
-                    data,
-                })
-            })
+        build(&views(accounts.values()))
+    }
+
+    /// The snapshot `build` makes of the accounts the fragments were rendered from, given
+    /// in the same order (the map's), byte for byte, for the cost of copying the
+    /// fragments: each family's HELP and TYPE, then every account's samples of it, in
+    /// text and in deflate pieces joined into one gzip stream.
+    ///
+    /// Should an account id come twice (two configured entries for one account), the
+    /// repeats are dropped across entries as `build` says, so that rare snapshot is built
+    /// whole from the data the fragments were rendered from.
+    ///
+    /// The bytes are written into buffers of earlier snapshots that are no longer served,
+    /// taken from `recycler` and left to it.
+    pub fn assemble<'a>(
+        fragments: impl IntoIterator<Item = &'a AccountFragment>,
+        recycler: &mut Recycler,
+    ) -> Snapshot {
+        let fragments: Vec<&AccountFragment> = fragments
+            .into_iter()
+            .filter(|f| f.data.inventory.is_some())
             .collect();
+        let mut ids = HashSet::with_capacity(fragments.len());
+        let distinct = fragments
+            .iter()
+            .filter_map(|f| f.data.inventory.as_deref())
+            .all(|inventory| ids.insert(inventory.account_id.as_str()));
+        if !distinct {
+            return build(&views(fragments.iter().map(|f| &f.data)));
+        }
+
+        let headers = headers();
+        let present: Vec<bool> = (0..FAMILIES.len())
+            .map(|family| fragments.iter().any(|f| !f.piece(family).text.is_empty()))
+            .collect();
+        let (mut text_len, mut deflated_len) = (0, 0);
+        for (header, _) in headers.iter().zip(&present).filter(|(_, p)| **p) {
+            text_len += header.text.len();
+            deflated_len += header.deflated.len();
+        }
+        for f in &fragments {
+            text_len += f.text.len();
+            deflated_len += f.deflated.len();
+        }
+        let mut text = recycler.take(text_len);
+        // With room for the gzip header's 10 bytes.
+        let mut gzip = GzipBuilder::new(recycler.take(deflated_len + 10), deflated_len);
+        for (family, header) in headers.iter().enumerate() {
+            if !present[family] {
+                continue;
+            }
+            text.extend_from_slice(&header.text);
+            gzip.push(&header.deflated, &header.crc);
+            for piece in fragments.iter().map(|f| f.piece(family)) {
+                text.extend_from_slice(piece.text);
+                gzip.push(piece.deflated, piece.crc);
+            }
+        }
+        let sum = |count: fn(&AccountFragment) -> usize| fragments.iter().map(|f| count(f)).sum();
+        Snapshot {
+            accounts: fragments.len(),
+            users: sum(|f| f.users),
+            keys: sum(|f| f.keys),
+            duplicates_dropped: sum(|f| f.duplicates_dropped),
+            key_ids_disambiguated: sum(|f| f.key_ids_disambiguated),
+            exposition: recycler.share(text),
+            gzip_prefix: gzip.finish(recycler),
+        }
+    }
+}
+
+/// One account's series, rendered and compressed ahead for `Snapshot::assemble`: for each
+/// family, its samples as text and as a deflate piece of their own, and the text's CRC-32.
+/// Rendering one costs work in proportion to that account alone.
+pub struct AccountFragment {
+    /// What it was rendered from, for the rare snapshot that must be built whole.
+    data: AccountData,
+    users: usize,
+    keys: usize,
+    duplicates_dropped: usize,
+    key_ids_disambiguated: usize,
+    /// The samples, family after family in `FAMILIES` order, without HELP and TYPE.
+    text: Vec<u8>,
+    /// Where each family's samples end in `text`.
+    text_ends: [usize; FAMILIES.len()],
+    /// Each family's samples as a `Deflater` piece (none for a family without samples).
+    deflated: Vec<u8>,
+    deflated_ends: [usize; FAMILIES.len()],
+    crcs: [Crc; FAMILIES.len()],
+}
+
+impl std::fmt::Debug for AccountFragment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let account = self.data.inventory.as_ref().map(|i| i.account_id.as_str());
+        f.debug_struct("AccountFragment")
+            .field("account", &account)
+            .field("users", &self.users)
+            .field("keys", &self.keys)
+            .field("text", &self.text.len())
+            .field("deflated", &self.deflated.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// One family's part of a fragment.
+struct Piece<'a> {
+    text: &'a [u8],
+    deflated: &'a [u8],
+    crc: &'a Crc,
+}
+
+impl AccountFragment {
+    /// Renders one account's data as `build` renders it among others (an account without
+    /// an inventory renders nothing), and compresses each family's samples on their own.
+    pub fn render(data: &AccountData) -> AccountFragment {
+        let views = views(std::iter::once(data));
         let mut tally = Tally::default();
         let users = user_rows(&views, &mut tally);
         let keys = key_rows(&users, &mut tally);
-        let exposition = Bytes::from(render(&views, &users, &keys));
-        Snapshot {
-            accounts: tally.accounts,
+        let Text {
+            out: mut text,
+            ends,
+            ..
+        } = render(&views, &users, &keys, false);
+        // Kept until the account changes, a thousand of them: no spare room.
+        text.shrink_to_fit();
+        let text_ends: [usize; FAMILIES.len()] =
+            ends.try_into().expect("`render` writes every family once");
+        // Compressed once per change of the account and copied into every snapshot until
+        // the next one, so worth the best level.
+        let mut deflater = Deflater::new(Compression::best());
+        let mut deflated = Vec::with_capacity(text.len() / 6 + 64);
+        let mut crcs: [Crc; FAMILIES.len()] = std::array::from_fn(|_| Crc::new());
+        let mut deflated_ends = [0; FAMILIES.len()];
+        let mut start = 0;
+        for ((&end, crc), deflated_end) in text_ends.iter().zip(&mut crcs).zip(&mut deflated_ends) {
+            let samples = &text[start..end];
+            if !samples.is_empty() {
+                deflater.piece(samples, &mut deflated);
+                crc.update(samples);
+            }
+            *deflated_end = deflated.len();
+            start = end;
+        }
+        deflated.shrink_to_fit();
+        AccountFragment {
+            data: data.clone(),
             users: users.iter().filter(|u| !u.root).count(),
             keys: keys.iter().filter(|k| !k.user.root).count(),
             duplicates_dropped: tally.duplicates_dropped,
             key_ids_disambiguated: tally.key_ids_disambiguated,
-            gzip_prefix: GzipPrefix::new(&exposition),
-            exposition,
+            text,
+            text_ends,
+            deflated,
+            deflated_ends,
+            crcs,
         }
+    }
+
+    /// The account id, if the data held an inventory.
+    pub fn account_id(&self) -> Option<&str> {
+        let inventory = self.data.inventory.as_deref()?;
+        Some(inventory.account_id.as_str())
+    }
+
+    fn piece(&self, family: usize) -> Piece<'_> {
+        let range = |ends: &[usize; FAMILIES.len()]| {
+            let start = if family == 0 { 0 } else { ends[family - 1] };
+            start..ends[family]
+        };
+        Piece {
+            text: &self.text[range(&self.text_ends)],
+            deflated: &self.deflated[range(&self.deflated_ends)],
+            crc: &self.crcs[family],
+        }
+    }
+}
+
+/// Each family's HELP and TYPE lines, in text and as a deflate piece, made once.
+struct Header {
+    text: Vec<u8>,
+    deflated: Vec<u8>,
+    crc: Crc,
+}
+
+fn headers() -> &'static [Header] {
+    static HEADERS: std::sync::OnceLock<Vec<Header>> = std::sync::OnceLock::new();
+    HEADERS.get_or_init(|| {
+        let mut deflater = Deflater::new(Compression::best());
+        FAMILIES
+            .iter()
+            .map(|family| {
+                let mut text = Vec::new();
+                write_header(&mut text, family);
+                let mut deflated = Vec::new();
+                deflater.piece(&text, &mut deflated);
+                let mut crc = Crc::new();
+                crc.update(&text);
+                Header {
+                    text,
+                    deflated,
+                    crc,
+                }
+            })
+            .collect()
+    })
+}
+
+/// The inventory's families in the order `render` writes them: name order.
+const FAMILIES: [&Family; 15] = {
+    use crate::metrics::*;
+    [
+        &KEY_ACTIVE,
+        &KEY_AGE_SECONDS,
+        &KEY_CREATED_TIMESTAMP_SECONDS,
+        &KEY_IDLE_SECONDS,
+        &KEY_LAST_USED_INFO,
+        &KEY_LAST_USED_TIMESTAMP_SECONDS,
+        &KEY_NEVER_USED,
+        &ACCOUNT_INFO,
+        &CREDENTIAL_REPORT_GENERATED_TIMESTAMP_SECONDS,
+        &ROOT_ACCESS_KEYS_PRESENT,
+        &USER_MFA_ACTIVE,
+        &USER_PASSWORD_ENABLED,
+        &USER_PASSWORD_LAST_USED_TIMESTAMP_SECONDS,
+        &USER_SERVICES_ACCESSED,
+        &USER_SERVICES_GRANTED,
+    ]
+};
+
+/// The accounts that have an inventory, in the order given.
+fn views<'a>(accounts: impl Iterator<Item = &'a AccountData>) -> Vec<View<'a>> {
+    accounts
+        .filter_map(|data| {
+            Some(View {
+                inventory: data.inventory.as_deref()?,
+                data,
+            })
+        })
+        .collect()
+}
+
+/// `Snapshot::build` of some accounts' views.
+fn build(views: &[View]) -> Snapshot {
+    let mut tally = Tally::default();
+    let users = user_rows(views, &mut tally);
+    let keys = key_rows(&users, &mut tally);
+    let exposition = Bytes::from(render(views, &users, &keys, true).out);
+    Snapshot {
+        accounts: tally.accounts,
+        users: users.iter().filter(|u| !u.root).count(),
+        keys: keys.iter().filter(|k| !k.user.root).count(),
+        duplicates_dropped: tally.duplicates_dropped,
+        key_ids_disambiguated: tally.key_ids_disambiguated,
+        gzip_prefix: GzipPrefix::new(&exposition),
+        exposition,
     }
 }
 
@@ -250,14 +490,19 @@ fn once_per_account<'v, 'a: 'v, T>(
     })
 }
 
-/// Writes the inventory's families, each only if it has a sample, in name order; labels
-/// in name order, as the Prometheus client libraries write them.
-fn render(views: &[View], users: &[UserRow], keys: &[KeyRow]) -> Vec<u8> {
+/// Writes the inventory's families (`FAMILIES`), each only if it has a sample, in name
+/// order; labels in name order, as the Prometheus client libraries write them. Without
+/// `headers`, the samples only, for a fragment.
+fn render(views: &[View], users: &[UserRow], keys: &[KeyRow], headers: bool) -> Text {
     use crate::metrics::*;
     let keys = || keys.iter();
 
     // About 115 bytes a series, 8 series a key: sized once, never regrown.
-    let mut text = Text(Vec::with_capacity(4096 + keys().len() * 8 * 120));
+    let mut text = Text {
+        out: Vec::with_capacity(4096 + keys().len() * 8 * 120),
+        headers,
+        ends: Vec::with_capacity(FAMILIES.len()),
+    };
     text.family(
         &KEY_ACTIVE,
         keys().map(|k| (key_labels(k), flag(k.key.status == KeyStatus::Active))),
@@ -350,7 +595,8 @@ fn render(views: &[View], users: &[UserRow], keys: &[KeyRow]) -> Vec<u8> {
     };
     text.family(&USER_SERVICES_ACCESSED, counts(|c| c.accessed));
     text.family(&USER_SERVICES_GRANTED, counts(|c| c.granted));
-    text.0
+    debug_assert_eq!(text.ends.len(), FAMILIES.len());
+    text
 }
 
 /// A series' labels in name order: the fixed ones, then the user's tags (`tag_*` sorts
@@ -389,7 +635,21 @@ fn user_labels<'a>(u: &'a UserRow) -> Labels<'a, 1> {
 }
 
 /// The Prometheus text format, written by hand for the inventory's gauge families.
-struct Text(Vec<u8>);
+struct Text {
+    out: Vec<u8>,
+    /// Whether each family's HELP and TYPE are written (not in a fragment).
+    headers: bool,
+    /// Where each family written so far ends in `out`.
+    ends: Vec<usize>,
+}
+
+fn write_header(out: &mut Vec<u8>, family: &Family) {
+    let _ = write!(
+        out,
+        "# HELP {} {}\n# TYPE {} gauge\n",
+        family.name, family.help, family.name
+    );
+}
 
 impl Text {
     fn family<'a, const N: usize>(
@@ -397,16 +657,23 @@ impl Text {
         family: &Family,
         samples: impl IntoIterator<Item = (Labels<'a, N>, f64)>,
     ) {
+        debug_assert_eq!(family.name, FAMILIES[self.ends.len()].name, "in order");
         let mut samples = samples.into_iter().peekable();
-        if samples.peek().is_none() {
-            return;
+        if samples.peek().is_some() {
+            self.samples(family, samples);
         }
-        let out = &mut self.0;
-        let _ = write!(
-            out,
-            "# HELP {} {}\n# TYPE {} gauge\n",
-            family.name, family.help, family.name
-        );
+        self.ends.push(self.out.len());
+    }
+
+    fn samples<'a, const N: usize>(
+        &mut self,
+        family: &Family,
+        samples: impl Iterator<Item = (Labels<'a, N>, f64)>,
+    ) {
+        let out = &mut self.out;
+        if self.headers {
+            write_header(out, family);
+        }
         for (labels, value) in samples {
             out.extend_from_slice(family.name.as_bytes());
             out.push(b'{');
@@ -860,6 +1127,111 @@ mod tests {
         assert!(seen.iter().all(|&count| count >= 25), "{seen:?}");
     }
 
+    /// Up to a dozen entries of distinct account ids, each as random as `random_accounts`
+    /// makes them.
+    fn random_distinct_accounts(rng: &mut SplitMix64) -> BTreeMap<String, AccountData> {
+        let mut all = BTreeMap::new();
+        for n in 0..rng.below(13) {
+            let id = format!("{:012}", 100_000 + rng.below(1_000) * 13 + n);
+            let (_, data) = random_entries(rng, 1, &[&id])
+                .pop_first()
+                .expect("one entry");
+            all.insert(format!("entry-{n:02}"), data);
+        }
+        all
+    }
+
+    fn fragments(accounts: &BTreeMap<String, AccountData>) -> Vec<AccountFragment> {
+        accounts.values().map(AccountFragment::render).collect()
+    }
+
+    /// The served gzip stream of a snapshot (with a tail of own metrics), decompressed.
+    fn gunzip(snapshot: &Snapshot, tail: &str) -> Vec<u8> {
+        use std::io::Read;
+        let exposition = crate::exposition::Exposition::assemble(
+            &snapshot.exposition,
+            &snapshot.gzip_prefix,
+            tail.into(),
+        );
+        let gzip = [&exposition.gzip[0][..], &exposition.gzip[1][..]].concat();
+        let mut out = Vec::new();
+        flate2::read::GzDecoder::new(&gzip[..])
+            .read_to_end(&mut out)
+            .expect("one valid gzip member");
+        out
+    }
+
+    fn counters(s: &Snapshot) -> [usize; 5] {
+        [
+            s.accounts,
+            s.users,
+            s.keys,
+            s.duplicates_dropped,
+            s.key_ids_disambiguated,
+        ]
+    }
+
+    /// The property: fragments assembled are the built snapshot, byte for byte, with the
+    /// same counts, and their gzip stream decodes to that text; with distinct account
+    /// ids (assembled from pieces) and with entries sharing one (built whole).
+    #[test]
+    fn assembled_fragments_are_the_built_snapshot_byte_for_byte() {
+        let (mut distinct, mut shared) = (0, 0);
+        // One for all seeds: later snapshots are written over earlier ones' bytes.
+        let recycler = &mut Recycler::default();
+        let mut previous = None;
+        for seed in 0..600 {
+            let rng = &mut SplitMix64(seed);
+            let accounts = if seed % 3 == 0 {
+                random_accounts(rng)
+            } else {
+                random_distinct_accounts(rng)
+            };
+            let built = Snapshot::build(&accounts);
+            let fragments = fragments(&accounts);
+            let assembled = Snapshot::assemble(&fragments, recycler);
+            assert_eq!(
+                text(&assembled),
+                text(&built),
+                "seed {seed}: assembled, then built"
+            );
+            assert_eq!(counters(&assembled), counters(&built), "seed {seed}");
+            let tail = "iam_key_exporter_refresh_success 1\n";
+            let served = [&built.exposition[..], tail.as_bytes()].concat();
+            assert_eq!(gunzip(&assembled, tail), served, "seed {seed}");
+            assert_eq!(gunzip(&built, tail), served, "seed {seed}");
+            let ids: HashSet<&str> = fragments.iter().filter_map(|f| f.account_id()).collect();
+            if ids.len() == fragments.iter().filter_map(|f| f.account_id()).count() {
+                distinct += usize::from(fragments.len() > 3);
+            } else {
+                shared += 1;
+            }
+            // The one before stays served while this one is assembled.
+            if let Some((snapshot, text)) = previous.replace((assembled.clone(), text(&built))) {
+                assert_eq!(self::text(&snapshot), text, "seed {seed}: overwritten");
+            }
+        }
+        // Both ways were taken, the first with many accounts.
+        assert!(distinct >= 100 && shared >= 50, "{distinct} {shared}");
+    }
+
+    #[test]
+    fn fragments_of_nothing_assemble_to_nothing() {
+        let recycler = &mut Recycler::default();
+        let empty = Snapshot::assemble(&[], recycler);
+        assert!(empty.exposition.is_empty());
+        assert_eq!(counters(&empty), [0; 5]);
+        assert!(gunzip(&empty, "").is_empty());
+        // An entry without an inventory yet renders nothing, as in `build`.
+        let mut all = one(sample(), ServiceCountsByArn::new());
+        all.insert("waiting".into(), AccountData::default());
+        let assembled = Snapshot::assemble(&fragments(&all), recycler);
+        assert_eq!(text(&assembled), text(&Snapshot::build(&all)));
+        assert_eq!(assembled.accounts, 1);
+        let waiting = AccountFragment::render(&AccountData::default());
+        assert_eq!(waiting.account_id(), None);
+    }
+
     #[test]
     fn the_exposition_parser_finds_repeats_and_refuses_malformed_text() {
         let head = "# HELP m Help.\n# TYPE m gauge\n";
@@ -931,7 +1303,16 @@ mod tests {
     /// One to three entries over two account ids, so that entries often share one, with
     /// users, keys, service counts and tags drawn from small pools so that they repeat.
     fn random_accounts(rng: &mut SplitMix64) -> BTreeMap<String, AccountData> {
-        const ACCOUNTS: [&str; 2] = ["111111111111", "222222222222"];
+        let entries = 1 + rng.below(3);
+        random_entries(rng, entries, &["111111111111", "222222222222"])
+    }
+
+    /// `entries` entries named `entry-0`... whose account ids are drawn from `accounts`.
+    fn random_entries(
+        rng: &mut SplitMix64,
+        entries: usize,
+        accounts: &[&str],
+    ) -> BTreeMap<String, AccountData> {
         const NAMES: [&str; 6] = [
             "alice",
             "bob",
@@ -953,8 +1334,8 @@ mod tests {
         ];
         const VALUES: [&str; 5] = ["", "a", "a\"b", "x,y}", "a\\"];
         let mut all = BTreeMap::new();
-        for entry in 0..1 + rng.below(3) {
-            let account = *rng.pick(&ACCOUNTS);
+        for entry in 0..entries {
+            let account = *rng.pick(accounts);
             let key = |rng: &mut SplitMix64| AccessKey {
                 id: rng.pick(&KEY_IDS).to_string(),
                 status: *rng.pick(&[KeyStatus::Active, KeyStatus::Inactive]),

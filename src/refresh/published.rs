@@ -22,17 +22,32 @@ use bytes::Bytes;
 use tokio::sync::{Mutex, Notify, watch};
 
 use super::RefreshStatus;
-use crate::exposition::{Exposition, GzipPrefix};
+use crate::exposition::{Exposition, GzipPrefix, Recycler};
 use crate::inventory::{AccountData, Inventory, ServiceCounts, TagLabels};
 use crate::metrics::ExporterMetrics;
-use crate::snapshot::Snapshot;
+use crate::snapshot::{AccountFragment, Snapshot};
 
 #[derive(Default)]
 struct Collected {
     /// By account key, so the exposition lists accounts in a stable order.
     accounts: BTreeMap<String, AccountData>,
+    /// Each account's series as last rendered. A render renders again only the accounts
+    /// whose data changed since, and joins every account's fragment: a thousand accounts
+    /// publishing one after another cost a thousand small renders, not a thousand whole
+    /// ones.
+    fragments: BTreeMap<String, Arc<AccountFragment>>,
+    /// Accounts whose data changed since their fragment was rendered.
+    stale: HashSet<String>,
     /// Bumped at every change, so a render can tell whether it is already out of date.
     version: u64,
+}
+
+/// What the last render left: the version of `Collected` it rendered, and the buffers of
+/// earlier snapshots for the next one to reuse.
+#[derive(Default)]
+struct Rendered {
+    version: u64,
+    recycler: Recycler,
 }
 
 /// The one value the HTTP server reads, swapped whole: the snapshot (absent before the
@@ -64,7 +79,7 @@ pub struct Shared {
     /// in their snapshots out of order; holds the `Collected::version` the current
     /// snapshot was rendered from, so a publisher whose data is already out can skip
     /// its render.
-    rendered: Mutex<u64>,
+    rendered: Mutex<Rendered>,
     /// Bumped at every new inventory; the slow loops wait for the first.
     inventory_generation: watch::Sender<u64>,
     /// Bumped when an inventory refresh finishes, whether it succeeded or not.
@@ -84,7 +99,7 @@ impl Shared {
             metrics,
             last_refresh: ArcSwapOption::empty(),
             collected: Mutex::new(Collected::default()),
-            rendered: Mutex::new(0),
+            rendered: Mutex::default(),
             inventory_generation: watch::channel(0).0,
             refreshes_finished: watch::channel(0).0,
             changed: Notify::new(),
@@ -143,7 +158,7 @@ impl Shared {
         name: Option<String>,
         inventory: Inventory,
     ) {
-        self.change(|collected| {
+        self.change(account, |collected| {
             let data = collected.accounts.entry(account.to_string()).or_default();
             let arns: HashSet<&str> = inventory.users.iter().map(|u| u.arn.as_str()).collect();
             data.service_counts
@@ -159,8 +174,9 @@ impl Shared {
 
     /// Drops an account that is no longer watched; its series vanish with the next snapshot.
     pub async fn remove_account(&self, account: &str) {
-        self.change(|collected| {
+        self.change(account, |collected| {
             collected.accounts.remove(account);
+            collected.fragments.remove(account);
         })
         .await;
         self.render_and_swap().await;
@@ -168,7 +184,7 @@ impl Shared {
 
     /// Stores one user's service counts; `run_publisher` publishes them within seconds.
     pub async fn set_service_counts(&self, account: &str, arn: String, counts: ServiceCounts) {
-        self.change(|collected| {
+        self.change(account, |collected| {
             if let Some(data) = collected.accounts.get_mut(account) {
                 data.service_counts.insert(arn, counts);
             }
@@ -185,7 +201,7 @@ impl Shared {
 
     /// Stores one user's tag labels; `run_publisher` publishes them within seconds.
     pub async fn set_tags(&self, account: &str, arn: String, tags: TagLabels) {
-        self.change(|collected| {
+        self.change(account, |collected| {
             if let Some(data) = collected.accounts.get_mut(account) {
                 data.tags.insert(arn, tags);
             }
@@ -285,35 +301,70 @@ impl Shared {
         let _ = generation.wait_for(|g| *g > 0).await;
     }
 
-    async fn change(&self, edit: impl FnOnce(&mut Collected)) {
+    /// Edits `account`'s data, marking its fragment for rendering again.
+    async fn change(&self, account: &str, edit: impl FnOnce(&mut Collected)) {
         let mut collected = self.collected.lock().await;
         edit(&mut collected);
+        if collected.accounts.contains_key(account) {
+            collected.stale.insert(account.to_string());
+        }
         collected.version += 1;
     }
 
-    /// Renders every account's data and swaps the snapshot in. Publishers that finish
-    /// while a render runs wait for it; the first of them renders once for all of them,
-    /// and the others find their data already published, so a thousand accounts finishing
-    /// together cost a few renders, not a thousand.
+    /// Renders the accounts whose data changed, joins every account's series into a
+    /// snapshot and swaps it in. Publishers that finish while a render runs wait for it;
+    /// the first of them renders once for all of them, and the others find their data
+    /// already published, so a thousand accounts finishing together cost a few renders,
+    /// not a thousand.
     async fn render_and_swap(&self) {
         let wanted = self.collected.lock().await.version;
         let mut rendered = self.rendered.lock().await;
-        if *rendered >= wanted && self.is_ready() {
+        if rendered.version >= wanted && self.is_ready() {
             return;
         }
-        let (accounts, version) = {
-            let collected = self.collected.lock().await;
-            (collected.accounts.clone(), collected.version)
+        let (changed, mut fragments, version) = {
+            let mut collected = self.collected.lock().await;
+            let stale = std::mem::take(&mut collected.stale);
+            let changed: Vec<(String, AccountData)> = stale
+                .into_iter()
+                .filter_map(|key| Some((key.clone(), collected.accounts.get(&key)?.clone())))
+                .collect();
+            (changed, collected.fragments.clone(), collected.version)
         };
         // Rendering tens of thousands of series is CPU work: keep it off the threads
         // that answer scrapes.
-        let snapshot = match tokio::task::spawn_blocking(move || Snapshot::build(&accounts)).await {
-            Ok(snapshot) => snapshot,
+        let changed_keys: Vec<String> = changed.iter().map(|(key, _)| key.clone()).collect();
+        let mut recycler = std::mem::take(&mut rendered.recycler);
+        let work = tokio::task::spawn_blocking(move || {
+            let fresh: Vec<(String, Arc<AccountFragment>)> = changed
+                .iter()
+                .map(|(key, data)| (key.clone(), Arc::new(AccountFragment::render(data))))
+                .collect();
+            fragments.extend(fresh.iter().cloned());
+            let snapshot = Snapshot::assemble(fragments.values().map(|f| &**f), &mut recycler);
+            (snapshot, fresh, recycler)
+        });
+        let (snapshot, fresh) = match work.await {
+            Ok((snapshot, fresh, recycler)) => {
+                rendered.recycler = recycler;
+                (snapshot, fresh)
+            }
             Err(err) => {
                 tracing::error!(error = %err, "rendering a snapshot failed; the previous one stays");
+                // Their fragments were not rendered: the next render tries again.
+                self.collected.lock().await.stale.extend(changed_keys);
                 return;
             }
         };
+        {
+            let mut collected = self.collected.lock().await;
+            for (key, fragment) in fresh {
+                // An account removed during the render must not come back.
+                if collected.accounts.contains_key(&key) {
+                    collected.fragments.insert(key, fragment);
+                }
+            }
+        }
         self.metrics.snapshot_users.set(snapshot.users as i64);
         self.metrics.snapshot_access_keys.set(snapshot.keys as i64);
         // A repeat reaching the snapshot is served once; say so when the number changes,
@@ -332,7 +383,7 @@ impl Shared {
             let _one_at_a_time = self.assembling.lock().expect("not poisoned");
             self.store(Some(Arc::new(snapshot)));
         }
-        *rendered = version;
+        rendered.version = version;
     }
 }
 
