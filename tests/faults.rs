@@ -14,7 +14,9 @@ use serde_json::json;
 const LIMIT: Duration = Duration::from_secs(60);
 
 /// moto with the sample scenario, the proxy in front of it, and the exporter refreshing
-/// every second through the proxy.
+/// every second through the proxy. The change feed is off unless `extra_env` turns it on:
+/// the faults are injected into the calls that list users and keys, which the feed makes
+/// only at its first refresh.
 struct Rig {
     _moto: Moto,
     proxy: FaultProxy,
@@ -34,7 +36,9 @@ fn rig(extra_env: &[(&str, &str)], args: &[&str]) -> Option<Rig> {
         ("IAM_KEY_EXPORTER_REFRESH__INTERVAL", "1s"),
         ("IAM_KEY_EXPORTER_AWS__CALL_TIMEOUT", "5s"),
         ("IAM_KEY_EXPORTER_SERVICE_ACCESS__ENABLED", "false"),
+        ("IAM_KEY_EXPORTER_CHANGE_FEED__ENABLED", "false"),
     ];
+    // Later entries win: the caller's settings override these.
     env.extend_from_slice(extra_env);
     let exporter = Exporter::start_with(args, &env);
     exporter.wait_ready();
@@ -230,6 +234,32 @@ fn the_iam_endpoint_down() {
         // Whichever call the refresh in flight was making.
         None,
         "dispatch",
+    );
+}
+
+#[test]
+fn the_event_history_failing() {
+    // With the feed on, a refresh after the first asks LookupEvents: its failure fails the
+    // refresh like any IAM call's, and the next poll asks for the same window again.
+    let Some(rig) = rig(&[("IAM_KEY_EXPORTER_CHANGE_FEED__ENABLED", "true")], &[]) else {
+        return;
+    };
+    survives_on(
+        &rig,
+        || {
+            rig.proxy
+                .inject(json!([{"fault": "http_500", "operation": "LookupEvents"}]))
+        },
+        || rig.proxy.clear(),
+        Some("LookupEvents"),
+        // The JSON protocol's name for it.
+        "ServiceException",
+    );
+    let m = rig.exporter.metrics();
+    assert_eq!(
+        m.aws_requests("ListUsers"),
+        1.0,
+        "the feed resumed: no whole list"
     );
 }
 

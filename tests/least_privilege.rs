@@ -114,7 +114,13 @@ fn the_shipped_policies_are_enough_for_every_feature() {
             .is_some(),
             "{account}"
         );
-        for feature in ["root_keys", "credential_report", "tags", "service_access"] {
+        for feature in [
+            "root_keys",
+            "credential_report",
+            "tags",
+            "service_access",
+            "change_feed",
+        ] {
             assert_ne!(
                 degraded(&m, account, feature),
                 Some(1.0),
@@ -340,6 +346,16 @@ fn without_get_service_last_accessed_details() {
         "GetServiceLastAccessedDetails",
         "auto",
         Expect::Degrades("service_access"),
+    );
+}
+
+#[test]
+fn without_lookup_events() {
+    without(
+        "cloudtrail:LookupEvents",
+        "LookupEvents",
+        "auto",
+        Expect::Degrades("change_feed"),
     );
 }
 

@@ -255,11 +255,25 @@ fn is_throttling(status: u16, body: &[u8]) -> bool {
         return false;
     }
     let text = String::from_utf8_lossy(body);
-    let code = text
+    // The query protocol's `<Code>` (IAM, STS), or the JSON protocol's `__type`
+    // (CloudTrail, Organizations), which may carry a namespace before a `#`.
+    let query = text
         .split_once("<Code>")
         .and_then(|(_, rest)| rest.split_once("</Code>"))
         .map(|(code, _)| code.trim());
-    code.is_some_and(|code| THROTTLING_ERRORS.contains(&code))
+    let json = || {
+        let (_, rest) = text.split_once("\"__type\"")?;
+        let value = rest
+            .trim_start()
+            .strip_prefix(':')?
+            .trim_start()
+            .strip_prefix('"')?;
+        let (value, _) = value.split_once('"')?;
+        Some(value.rsplit('#').next().unwrap_or(value))
+    };
+    query
+        .or_else(json)
+        .is_some_and(|code| THROTTLING_ERRORS.contains(&code))
 }
 
 #[cfg(test)]
@@ -455,5 +469,13 @@ mod tests {
         let limit = br#"<ErrorResponse><Error><Code>LimitExceeded</Code></Error></ErrorResponse>"#;
         assert!(!is_throttling(409, limit));
         assert!(!is_throttling(200, b"<Code>Throttling</Code>"));
+        // CloudTrail's JSON protocol, with and without a namespace.
+        let cloudtrail = br#"{"__type": "com.amazonaws.cloudtrail#ThrottlingException", "message": "Rate exceeded"}"#;
+        assert!(is_throttling(400, cloudtrail));
+        assert!(is_throttling(400, br#"{"__type":"ThrottlingException"}"#));
+        assert!(!is_throttling(
+            400,
+            br#"{"__type":"AccessDeniedException"}"#
+        ));
     }
 }
