@@ -12,7 +12,7 @@ use tokio::time::Instant;
 use crate::accounts::{self, Target};
 use crate::config::{Settings, SourceKind};
 use crate::features::Feature;
-use crate::iam::{self, AwsBase, CallerIdentity, Clients, IamError};
+use crate::iam::{self, AccountLabel, AwsBase, CallerIdentity, Clients, IamError};
 use crate::inventory::unix_seconds;
 use crate::metrics::ExporterMetrics;
 use crate::source::{FeedPolicy, Origin, Source};
@@ -105,6 +105,13 @@ impl Account {
             remove_health_series(metrics, &old);
         }
         let id = self.id();
+        for counter in [
+            &metrics.account_aws_requests_total,
+            &metrics.account_aws_throttled_requests_total,
+            &metrics.account_aws_denied_requests_total,
+        ] {
+            let _ = counter.remove_label_values(&[&id]);
+        }
         for feature in Feature::ALL {
             let _ = metrics
                 .account_feature_degraded
@@ -210,7 +217,11 @@ impl Fleet {
         let settings = &self.settings;
         let origin = match (&self.base, &settings.source.file) {
             (Some(base), _) => Origin::aws(
-                base.clients(target.role.as_ref()).await,
+                base.clients(
+                    target.role.as_ref(),
+                    AccountLabel::new(target.account_id.clone()),
+                )
+                .await,
                 &settings.source,
                 settings.refresh.concurrency,
                 target.account_id.clone(),
@@ -291,7 +302,7 @@ async fn read_organization(
     let caller = match caller {
         Some(caller) => caller,
         None => {
-            let own = base.clients(None).await;
+            let own = base.clients(None, AccountLabel::default()).await;
             iam::caller_identity(&own.sts, metrics).await?
         }
     };

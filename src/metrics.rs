@@ -120,6 +120,9 @@ pub struct ExporterMetrics {
     pub aws_requests_total: IntCounterVec,
     pub aws_errors_total: IntCounterVec,
     pub aws_throttled_requests_total: IntCounterVec,
+    pub account_aws_requests_total: IntCounterVec,
+    pub account_aws_throttled_requests_total: IntCounterVec,
+    pub account_aws_denied_requests_total: IntCounterVec,
     pub snapshot_users: IntGauge,
     pub snapshot_access_keys: IntGauge,
     pub snapshot_duplicates_dropped: IntGauge,
@@ -291,6 +294,25 @@ impl ExporterMetrics {
                 "iam_key_exporter_aws_throttled_requests_total",
                 "HTTP requests AWS answered with a throttling error, by API operation; each lowers the account's request rate, and the call is retried.",
                 &["operation"],
+            ),
+            // By account, without the operation: two or three series an account, so a
+            // thousand accounts stay a few thousand series, and an alert can name the
+            // account being throttled or denied. The per-operation counters above tell
+            // which call.
+            account_aws_requests_total: counter_vec(
+                "iam_key_exporter_account_aws_requests_total",
+                "HTTP requests sent to one account (IAM, STS and CloudTrail), retries included.",
+                &["account_id"],
+            ),
+            account_aws_throttled_requests_total: counter_vec(
+                "iam_key_exporter_account_aws_throttled_requests_total",
+                "HTTP requests one account answered with a throttling error.",
+                &["account_id"],
+            ),
+            account_aws_denied_requests_total: counter_vec(
+                "iam_key_exporter_account_aws_denied_requests_total",
+                "HTTP requests one account refused for lack of a permission.",
+                &["account_id"],
             ),
             snapshot_users: int_gauge(
                 "iam_key_exporter_snapshot_users",

@@ -222,6 +222,7 @@ impl Origin {
                     .get_or_try_init(|| iam::caller_account_id(&clients.sts, metrics))
                     .await?
                     .clone();
+                clients.account.set(&account);
                 let iam = &clients.iam;
                 if matches!(
                     kind,

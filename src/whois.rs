@@ -11,7 +11,7 @@ use aws_sdk_iam::error::ProvideErrorMetadata;
 
 use crate::accounts;
 use crate::config::Settings;
-use crate::iam::{self, AssumeRole, AwsBase, CallerIdentity, Clients};
+use crate::iam::{self, AccountLabel, AssumeRole, AwsBase, CallerIdentity, Clients};
 use crate::inventory::elapsed;
 use crate::metrics::ExporterMetrics;
 
@@ -137,10 +137,10 @@ pub fn decode(id: &str) -> Result<Decoded, WhoisError> {
 /// the credentials allow, with the reason when they do not.
 pub async fn whois(base: &AwsBase, settings: &Settings, id: &str) -> Result<String, WhoisError> {
     let decoded = decode(id)?;
-    let own = base.clients(None).await;
+    let own = base.clients(None, AccountLabel::default()).await;
     Ok(
         answer(id, &decoded, settings, &own, base.metrics(), async |role| {
-            base.clients(Some(role)).await
+            base.clients(Some(role), AccountLabel::default()).await
         })
         .await,
     )
@@ -399,6 +399,7 @@ mod tests {
             iam: mock_client!(aws_sdk_iam, RuleMode::MatchAny, iam),
             sts,
             cloudtrail: mock_client!(aws_sdk_cloudtrail, RuleMode::MatchAny, none),
+            account: crate::iam::AccountLabel::default(),
         }
     }
 

@@ -234,6 +234,19 @@ fn without(action: &str, operation: &str, source: &str, expect: Expect) {
             "the rest works"
         );
         assert!(line.contains(action), "names the permission: {line}");
+        // The requests counted by account tell which accounts refuse.
+        for account in [MAIN, DATA, LEGACY] {
+            let denied = m.get(
+                "iam_key_exporter_account_aws_denied_requests_total",
+                &[("account_id", account)],
+            );
+            assert!(denied >= Some(1.0), "{account}: {denied:?}");
+            let sent = m.get(
+                "iam_key_exporter_account_aws_requests_total",
+                &[("account_id", account)],
+            );
+            assert!(sent > denied, "{account}: {sent:?}");
+        }
     }
     if let Expect::MembersFail = expect {
         let without_credentials =

@@ -168,10 +168,39 @@ fn is_no_such_entity<E: ProvideErrorMetadata, R>(err: &SdkError<E, R>) -> bool {
     err.code() == Some("NoSuchEntity")
 }
 
-/// Counts every HTTP attempt, retries included, by operation name: what IAM throttles on.
+/// The id of the account a set of clients calls, once known: from the role ARN up front,
+/// or from STS for the exporter's own account. Shared by the clients' interceptors,
+/// which count requests by account.
+#[derive(Debug, Clone, Default)]
+pub struct AccountLabel(Arc<std::sync::OnceLock<String>>);
+
+impl AccountLabel {
+    pub fn new(id: Option<String>) -> AccountLabel {
+        let label = AccountLabel::default();
+        if let Some(id) = id {
+            label.set(&id);
+        }
+        label
+    }
+
+    /// The first id given stays: an account's id never changes.
+    pub fn set(&self, id: &str) {
+        let _ = self.0.set(id.to_string());
+    }
+
+    pub fn get(&self) -> Option<&str> {
+        self.0.get().map(String::as_str)
+    }
+}
+
+/// Counts every HTTP attempt, retries included, by operation name (what IAM throttles on)
+/// and by account; and, by account, the answers that throttled or denied. Requests to the
+/// own account before STS has told its id (its first GetCallerIdentity) are counted by
+/// operation only.
 #[derive(Clone)]
 struct CountRequests {
     metrics: Arc<ExporterMetrics>,
+    account: AccountLabel,
 }
 
 impl std::fmt::Debug for CountRequests {
@@ -196,6 +225,38 @@ impl Intercept for CountRequests {
             .aws_requests_total
             .with_label_values(&[operation])
             .inc();
+        if let Some(account) = self.account.get() {
+            self.metrics
+                .account_aws_requests_total
+                .with_label_values(&[account])
+                .inc();
+        }
+        Ok(())
+    }
+
+    fn read_after_deserialization(
+        &self,
+        context: &AfterDeserializationInterceptorContextRef<'_>,
+        _runtime_components: &RuntimeComponents,
+        _cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        let Some(account) = self.account.get() else {
+            return Ok(());
+        };
+        let response = context.response();
+        let status = response.status().as_u16();
+        let body = response.body().bytes().unwrap_or_default();
+        if rate_limit::is_throttling(status, body) {
+            self.metrics
+                .account_aws_throttled_requests_total
+                .with_label_values(&[account])
+                .inc();
+        } else if rate_limit::is_denied(status, body) {
+            self.metrics
+                .account_aws_denied_requests_total
+                .with_label_values(&[account])
+                .inc();
+        }
         Ok(())
     }
 }
@@ -330,7 +391,7 @@ impl AwsBase {
     /// The clients for one account: the exporter's own credentials, or `role` assumed with
     /// them. Every request to the account, AssumeRole's included, passes the account's
     /// own rate limit.
-    pub async fn clients(&self, role: Option<&AssumeRole>) -> Clients {
+    pub async fn clients(&self, role: Option<&AssumeRole>, account: AccountLabel) -> Clients {
         let mut sdk = self.sdk.clone();
         let bucket = (self.requests_per_second > 0.0)
             .then(|| Arc::new(TokenBucket::new(self.requests_per_second)));
@@ -353,6 +414,7 @@ impl AwsBase {
         }
         let counter = CountRequests {
             metrics: self.metrics.clone(),
+            account: account.clone(),
         };
         // The event history's rate limit is its own, so is its bucket.
         let lookup_bucket = Arc::new(TokenBucket::new(LOOKUP_EVENTS_PER_SECOND));
@@ -401,6 +463,7 @@ impl AwsBase {
                     .interceptor(lookup_feedback)
                     .build(),
             ),
+            account,
         }
     }
 
@@ -411,8 +474,10 @@ impl AwsBase {
 
     /// An Organizations client with the exporter's own credentials, for discovery.
     pub fn organizations(&self) -> aws_sdk_organizations::Client {
+        // Discovery's calls are the management account's, counted by operation only.
         let counter = CountRequests {
             metrics: self.metrics.clone(),
+            account: AccountLabel::default(),
         };
         aws_sdk_organizations::Client::from_conf(
             aws_sdk_organizations::config::Builder::from(&self.sdk)
@@ -429,6 +494,8 @@ pub struct Clients {
     pub sts: aws_sdk_sts::Client,
     /// CloudTrail in the region of IAM's events, for the change feed.
     pub cloudtrail: aws_sdk_cloudtrail::Client,
+    /// The account's id as the request counters label it.
+    pub account: AccountLabel,
 }
 
 fn to_system_time(

@@ -245,18 +245,31 @@ impl Intercept for ThrottleFeedback {
 }
 
 /// True for an answer that asks the client to slow down: HTTP 429, or an error whose
-/// query-protocol `<Code>` is one of the codes the SDK itself retries as throttling
-/// (IAM and STS answer `Throttling` with HTTP 400).
-fn is_throttling(status: u16, body: &[u8]) -> bool {
-    if status == 429 {
-        return true;
-    }
+/// code is one of the codes the SDK itself retries as throttling (IAM and STS answer
+/// `Throttling` with HTTP 400, CloudTrail `ThrottlingException`).
+pub(super) fn is_throttling(status: u16, body: &[u8]) -> bool {
+    status == 429
+        || error_code(status, body).is_some_and(|code| THROTTLING_ERRORS.contains(&code.as_str()))
+}
+
+/// True for an answer refusing a call for lack of a permission.
+pub(super) fn is_denied(status: u16, body: &[u8]) -> bool {
+    error_code(status, body).is_some_and(|code| {
+        matches!(
+            code.as_str(),
+            "AccessDenied" | "AccessDeniedException" | "UnauthorizedOperation"
+        )
+    })
+}
+
+/// The error code of an error answer: the query protocol's `<Code>` (IAM, STS), or the
+/// JSON protocol's `__type` (CloudTrail, Organizations), which may carry a namespace
+/// before a `#`.
+fn error_code(status: u16, body: &[u8]) -> Option<String> {
     if status < 400 {
-        return false;
+        return None;
     }
     let text = String::from_utf8_lossy(body);
-    // The query protocol's `<Code>` (IAM, STS), or the JSON protocol's `__type`
-    // (CloudTrail, Organizations), which may carry a namespace before a `#`.
     let query = text
         .split_once("<Code>")
         .and_then(|(_, rest)| rest.split_once("</Code>"))
@@ -271,9 +284,7 @@ fn is_throttling(status: u16, body: &[u8]) -> bool {
         let (value, _) = value.split_once('"')?;
         Some(value.rsplit('#').next().unwrap_or(value))
     };
-    query
-        .or_else(json)
-        .is_some_and(|code| THROTTLING_ERRORS.contains(&code))
+    query.or_else(json).map(str::to_string)
 }
 
 #[cfg(test)]
@@ -477,5 +488,8 @@ mod tests {
             400,
             br#"{"__type":"AccessDeniedException"}"#
         ));
+        assert!(is_denied(400, br#"{"__type":"AccessDeniedException"}"#));
+        assert!(is_denied(403, denied));
+        assert!(!is_denied(400, iam));
     }
 }

@@ -35,6 +35,7 @@ const DAY: i64 = 86_400;
 fn client(rules: &[&Rule], metrics: &Arc<ExporterMetrics>) -> Client {
     let counter = CountRequests {
         metrics: metrics.clone(),
+        account: AccountLabel::new(Some(ACCOUNT.into())),
     };
     let summary = mock!(Client::get_account_summary).then_output(|| {
         GetAccountSummaryOutput::builder()
@@ -55,6 +56,7 @@ fn cloudtrail_client(
 ) -> aws_sdk_cloudtrail::Client {
     let counter = CountRequests {
         metrics: metrics.clone(),
+        account: AccountLabel::new(Some(ACCOUNT.into())),
     };
     mock_client!(aws_sdk_cloudtrail, RuleMode::MatchAny, rules, |conf| conf
         .interceptor(counter.clone()))
@@ -1121,6 +1123,7 @@ async fn organization_accounts_are_read_over_every_page_with_their_state() {
     let metrics = Arc::new(ExporterMetrics::new());
     let counter = CountRequests {
         metrics: metrics.clone(),
+        account: AccountLabel::new(Some(ACCOUNT.into())),
     };
     let organizations = mock_client!(
         aws_sdk_organizations,
@@ -1203,6 +1206,7 @@ fn auto_source(iam: Client) -> crate::source::Source {
             iam,
             sts,
             cloudtrail: cloudtrail_client(&[], &Arc::new(ExporterMetrics::new())),
+            account: AccountLabel::new(Some(ACCOUNT.into())),
         },
         2,
         Some(ACCOUNT.into()),
@@ -1359,6 +1363,7 @@ async fn a_truncated_page_fails_the_call_instead_of_losing_users() {
     let metrics = Arc::new(ExporterMetrics::new());
     let counter = CountRequests {
         metrics: metrics.clone(),
+        account: AccountLabel::new(Some(ACCOUNT.into())),
     };
     let iam = mock_client!(aws_sdk_iam, RuleMode::MatchAny, [&half], |conf| conf
         .interceptor(counter.clone())
@@ -1603,6 +1608,7 @@ fn sts_client(rules: &[&Rule], metrics: &Arc<ExporterMetrics>) -> aws_sdk_sts::C
             .interceptor(mock)
             .interceptor(CountRequests {
                 metrics: metrics.clone(),
+                account: AccountLabel::new(Some(ACCOUNT.into())),
             })
             .build(),
     )
@@ -1635,6 +1641,7 @@ async fn refresh_cost(
             iam,
             sts,
             cloudtrail,
+            account: AccountLabel::new(Some(ACCOUNT.into())),
         },
         4,
         Some(ACCOUNT.into()),
@@ -1807,6 +1814,7 @@ async fn cost_of_the_own_account_id_is_one_get_caller_identity_per_source_not_pe
             iam,
             sts,
             cloudtrail: cloudtrail_client(&[], &metrics),
+            account: AccountLabel::new(Some(ACCOUNT.into())),
         },
         4,
         None,
@@ -1872,6 +1880,7 @@ impl FeedAccount {
                     iam,
                     sts,
                     cloudtrail,
+                    account: AccountLabel::new(Some(ACCOUNT.into())),
                 },
                 &crate::config::SourceSettings {
                     kind: crate::config::SourceKind::Auto,
