@@ -316,3 +316,83 @@ fn an_event_the_history_shows_late_is_still_found() {
         "no whole list"
     );
 }
+
+/// Service-access jobs run so far, whatever their result.
+fn jobs(metrics: &Metrics) -> f64 {
+    metrics
+        .0
+        .iter()
+        .filter(|(series, _)| series.starts_with("iam_key_exporter_service_access_jobs_total{"))
+        .map(|(_, value)| value)
+        .sum()
+}
+
+fn completed(metrics: &Metrics) -> f64 {
+    metrics.value(
+        "iam_key_exporter_service_access_jobs_total",
+        &[("result", "completed")],
+    )
+}
+
+#[test]
+fn a_policy_put_on_a_user_runs_that_users_job_alone_by_the_next_refresh() {
+    let Some(moto) = Moto::start(&root().join(SCENARIO)) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("exporter.toml");
+    std::fs::write(&config, "").unwrap();
+    // The pass's own interval is an hour: only the feed can run a job within the test.
+    let exporter = Exporter::start_with(
+        &["--config.file", config.to_str().unwrap()],
+        &[
+            ("IAM_KEY_EXPORTER_AWS__ENDPOINT_URL", &moto.endpoint),
+            ("IAM_KEY_EXPORTER_REFRESH__INTERVAL", "1s"),
+            ("IAM_KEY_EXPORTER_SERVICE_ACCESS__INTERVAL", "1h"),
+        ],
+    );
+    exporter.wait_ready();
+    let first_pass = wait_for("the first service-access pass", LIMIT, || {
+        let m = exporter.metrics();
+        (m.value(
+            "iam_key_exporter_service_access_last_run_timestamp_seconds",
+            &[],
+        ) > 0.0)
+            .then(|| jobs(&m))
+    });
+    assert!(
+        first_pass >= 2.0,
+        "one job per user with keys: {first_pass}"
+    );
+    let before = after_refreshes(&exporter, 3);
+    assert_eq!(jobs(&before), first_pass, "nothing changed, no job");
+
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        moto.iam_client()
+            .put_user_policy()
+            .user_name("ci-bot")
+            .policy_name("pull-images")
+            .policy_document(
+                r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"ecr:BatchGetImage","Resource":"*"}]}"#,
+            )
+            .send()
+            .await
+            .unwrap();
+    });
+    wait_for("ci-bot's job", LIMIT, || {
+        (jobs(&exporter.metrics()) > first_pass).then_some(())
+    });
+    let m = after_refreshes(&exporter, 3);
+    // ci-bot's, and again those of the first pass that did not complete.
+    let retried = first_pass - completed(&before);
+    assert_eq!(jobs(&m), first_pass + 1.0 + retried, "ci-bot's job alone");
+    assert_eq!(completed(&m), completed(&before) + 1.0);
+    assert!(
+        m.get(
+            "aws_iam_user_services_granted",
+            &[("account_id", "123456789012"), ("user", "ci-bot")]
+        )
+        .is_some()
+    );
+}

@@ -116,6 +116,13 @@ async fn refresh_account(
         let _keys_first = account.refreshing_keys.write().await;
         let refreshed = account.source.refresh(metrics).await?;
         let retag = follow(account, refreshed.changes.as_ref());
+        if refreshed
+            .changes
+            .as_ref()
+            .is_some_and(|c| c.all_permissions || !c.permissions.is_empty())
+        {
+            shared.notify_permissions_changed();
+        }
         read_changed_users_tags(account, &refreshed.inventory, &retag, settings, shared).await;
         Ok::<_, crate::source::SourceError>(refreshed.inventory)
     };

@@ -86,6 +86,9 @@ pub struct Shared {
     refreshes_finished: watch::Sender<u64>,
     /// Signalled when service counts or tags arrive, for `run_publisher`.
     changed: Notify,
+    /// Signalled when the change feed says a user's permissions changed, so that the
+    /// service-access pass runs those users' jobs now instead of at its next interval.
+    permissions_changed: Notify,
 }
 
 impl Shared {
@@ -103,6 +106,7 @@ impl Shared {
             inventory_generation: watch::channel(0).0,
             refreshes_finished: watch::channel(0).0,
             changed: Notify::new(),
+            permissions_changed: Notify::new(),
         };
         // Before the first refresh, /metrics serves the exporter's own metrics.
         shared.refresh_exposition();
@@ -285,6 +289,16 @@ impl Shared {
         self.last_refresh.store(Some(Arc::new(status)));
         self.refresh_exposition();
         self.refreshes_finished.send_modify(|n| *n += 1);
+    }
+
+    /// Wakes the service-access pass (or its next wait, if it is running).
+    pub(super) fn notify_permissions_changed(&self) {
+        self.permissions_changed.notify_one();
+    }
+
+    /// Resolves when the change feed said a user's permissions changed.
+    pub(super) async fn permissions_changed(&self) {
+        self.permissions_changed.notified().await;
     }
 
     /// Resolves once a first inventory refresh has finished, successful or not.

@@ -7,26 +7,34 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use futures_util::{StreamExt, stream};
-use tokio::time::Instant;
+use tokio::time::{Instant, MissedTickBehavior};
 
-use super::{Shared, every};
+use super::Shared;
 use crate::config::Settings;
 use crate::features::Feature;
 use crate::fleet::{Account, Fleet, Followed};
 use crate::iam::{self, Clients, IamError, JobPolicy};
 use crate::inventory::unix_seconds;
 
-/// Refreshes every user's service counts forever, starting after the first inventory.
+/// Refreshes every user's service counts forever, starting after the first inventory:
+/// every `service_access.interval`, and at once when the change feed says permissions
+/// changed (a pass then runs only the jobs that are due, see `due_jobs`), so that a
+/// policy attached shows in the counts by the next key refresh, not the next hour.
 pub async fn run_service_access_refresh(
     fleet: Arc<Fleet>,
     settings: Settings,
     shared: Arc<Shared>,
 ) {
     shared.first_inventory().await;
-    every(settings.service_access.interval, || {
-        refresh_service_access_once(&fleet, &settings, &shared)
-    })
-    .await
+    let mut ticker = tokio::time::interval(settings.service_access.interval);
+    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            () = shared.permissions_changed() => {}
+        }
+        refresh_service_access_once(&fleet, &settings, &shared).await;
+    }
 }
 
 /// One pass over every account's users' service-last-accessed jobs, then a new snapshot.
