@@ -14,7 +14,9 @@ use crate::config::{FilterSettings, LabelSettings, SourceKind, SourceSettings};
 use crate::credential_report::{self, ReportError, ReportWarning, Warned};
 use crate::features::{Degraded, Feature};
 use crate::filter::{UserFilter, mask_key_ids};
-use crate::iam::{self, ChangeFeed, Changes, Clients, CredentialReport, IamError, ReportPolicy};
+use crate::iam::{
+    self, ChangeFeed, Changes, Clients, CredentialReport, IamError, Polled, ReportPolicy,
+};
 use crate::inventory::{Inventory, elapsed};
 use crate::metrics::ExporterMetrics;
 
@@ -259,7 +261,7 @@ impl Origin {
                     }
                 }
                 let polled = match feed {
-                    Some(policy) => poll_feed(&mut tracked, clients, metrics, policy).await,
+                    Some(policy) => poll_feed(&tracked, clients, metrics, policy).await,
                     None => None,
                 };
                 let tracked = &mut *tracked;
@@ -267,12 +269,12 @@ impl Origin {
                 // The changes, and the inventory with them applied, when the feed could
                 // tell what changed and no whole list is due.
                 let followed = match (polled, &tracked.listed) {
-                    (Some(Ok(changes)), Some(previous)) if !changes.everyone => {
+                    (Some(Ok(polled)), Some(previous)) if !polled.changes.everyone => {
                         let relisted = iam::relist_users(
                             iam,
                             metrics,
                             previous,
-                            &changes.users,
+                            &polled.changes.users,
                             *concurrency,
                             report,
                             filter,
@@ -292,7 +294,7 @@ impl Origin {
                         };
                         let relisted =
                             degraded.observe(metrics, &account, Feature::ChangeFeed, relisted)?;
-                        relisted.map(|inventory| (inventory, changes))
+                        relisted.map(|inventory| (inventory, polled))
                     }
                     (Some(Ok(_)), _) => {
                         degraded.working(metrics, &account, Feature::ChangeFeed);
@@ -305,7 +307,15 @@ impl Origin {
                     (None, _) => None,
                 };
                 let (mut inventory, changes) = match followed {
-                    Some((inventory, changes)) => (inventory, Some(changes)),
+                    Some((inventory, polled)) => {
+                        let changes = polled.changes.clone();
+                        // Applied: the feed moves on. Had anything failed on the way, the
+                        // next poll would read the same events again.
+                        if let Some(policy) = feed {
+                            tracked.feed.commit(polled, policy.overlap);
+                        }
+                        (inventory, Some(changes))
+                    }
                     None => {
                         let started = SystemTime::now();
                         let inventory = iam::collect_inventory(
@@ -382,11 +392,11 @@ impl Origin {
 /// every refresh then lists everyone and asks again whether it is still denied; any
 /// other failure fails the refresh, and the next poll asks for the same window again.
 async fn poll_feed(
-    tracked: &mut Tracked,
+    tracked: &Tracked,
     clients: &Clients,
     metrics: &ExporterMetrics,
     policy: &FeedPolicy,
-) -> Option<Result<Changes, IamError>> {
+) -> Option<Result<Polled, IamError>> {
     let due = tracked
         .whole_list_due
         .is_none_or(|due| Instant::now() >= due);

@@ -219,51 +219,76 @@ impl ChangeFeed {
         ))
     }
 
-    /// Applies the events of a successful poll of the window ending at `end`: the new ones
-    /// are turned into changes and remembered, the cursor moves to `end`.
-    pub fn apply(&mut self, events: &[Event], end: SystemTime, overlap: Duration) -> Changes {
-        let mut changes = Changes::default();
+    /// What the events of a successful poll of the window ending at `end` changed,
+    /// leaving out those already applied. Nothing moves until `commit`.
+    pub fn read(&self, events: &[Event], end: SystemTime) -> Polled {
+        let mut polled = Polled {
+            changes: Changes::default(),
+            end,
+            new: Vec::new(),
+        };
         for event in events {
-            if self.floor.is_some_and(|floor| event.time < floor) {
+            if self.floor.is_some_and(|floor| event.time < floor)
+                || self.seen.contains_key(&event.id)
+                || polled.new.iter().any(|(id, _)| *id == event.id)
+            {
                 continue;
             }
-            if self.seen.insert(event.id.clone(), event.time).is_none() {
-                changes.merge(changes_of(event));
-            }
+            polled.changes.merge(changes_of(event));
+            polled.new.push((event.id.clone(), event.time));
         }
-        self.cursor = Some(end);
+        polled
+    }
+
+    /// Records a poll whose changes are applied: its events are remembered and the
+    /// cursor moves to its end. A poll whose changes could not be applied (the refresh
+    /// failed) is not committed, so the next poll reads its events again.
+    pub fn commit(&mut self, polled: Polled, overlap: Duration) {
+        self.seen.extend(polled.new);
+        self.cursor = Some(polled.end);
         // A later poll starts at `end - overlap`: older ids cannot come back.
-        let oldest = end.checked_sub(overlap).unwrap_or(end);
+        let oldest = polled.end.checked_sub(overlap).unwrap_or(polled.end);
         self.seen.retain(|_, time| *time >= oldest);
-        changes
     }
 
     /// Asks the event history what changed since the last poll. `None` when the feed has
     /// no place to start yet (no whole list so far).
     pub async fn poll(
-        &mut self,
+        &self,
         cloudtrail: &aws_sdk_cloudtrail::Client,
         metrics: &ExporterMetrics,
         overlap: Duration,
-    ) -> Result<Option<Changes>, IamError> {
+    ) -> Result<Option<Polled>, IamError> {
         let Some((start, end)) = self.window(SystemTime::now(), overlap) else {
             return Ok(None);
         };
         match lookup_iam_events(cloudtrail, metrics, start, end).await? {
-            Some(events) => Ok(Some(self.apply(&events, end, overlap))),
+            Some(events) => Ok(Some(self.read(&events, end))),
             None => {
                 tracing::info!(
                     pages = MAX_PAGES,
                     "more IAM events since the last poll than the feed reads; listing every user instead"
                 );
-                self.restart(SystemTime::now());
-                Ok(Some(Changes {
-                    everyone: true,
-                    ..Changes::default()
+                Ok(Some(Polled {
+                    changes: Changes {
+                        everyone: true,
+                        ..Changes::default()
+                    },
+                    end,
+                    new: Vec::new(),
                 }))
             }
         }
     }
+}
+
+/// A poll's changes, and what `ChangeFeed::commit` records of it once they are applied.
+#[derive(Debug)]
+pub struct Polled {
+    pub changes: Changes,
+    end: SystemTime,
+    /// The ids and times of the events first seen in this poll.
+    new: Vec<(String, SystemTime)>,
 }
 
 /// IAM's events between `start` and `end`, every page; `None` past `MAX_PAGES`.
@@ -351,6 +376,19 @@ mod tests {
                 "requestParameters": {"userName": user},
             }),
         )
+    }
+
+    /// Reads and commits a poll, as a refresh that applied its changes does.
+    fn apply(
+        feed: &mut ChangeFeed,
+        events: &[Event],
+        end: SystemTime,
+        overlap: Duration,
+    ) -> Changes {
+        let polled = feed.read(events, end);
+        let changes = polled.changes.clone();
+        feed.commit(polled, overlap);
+        changes
     }
 
     fn names(set: &BTreeSet<String>) -> Vec<&str> {
@@ -480,7 +518,12 @@ mod tests {
             time: at(T0 + 100),
             ..on_user("CreateAccessKey", "alice")
         };
-        let changes = feed.apply(std::slice::from_ref(&created), at(T0 + 300), overlap);
+        let changes = apply(
+            &mut feed,
+            std::slice::from_ref(&created),
+            at(T0 + 300),
+            overlap,
+        );
         assert_eq!(names(&changes.users), ["alice"]);
         assert_eq!(
             feed.window(at(T0 + 600), overlap),
@@ -492,7 +535,7 @@ mod tests {
             time: at(T0 + 200),
             ..on_user("DeleteAccessKey", "bob")
         };
-        let changes = feed.apply(&[created, late], at(T0 + 600), overlap);
+        let changes = apply(&mut feed, &[created, late], at(T0 + 600), overlap);
         assert_eq!(
             names(&changes.users),
             ["bob"],
@@ -514,7 +557,7 @@ mod tests {
             time: at(T0 - 10),
             ..on_user("CreateAccessKey", "bob")
         };
-        let changes = feed.apply(&[before, just_before], at(T0 + 300), overlap);
+        let changes = apply(&mut feed, &[before, just_before], at(T0 + 300), overlap);
         // Within the margin of IAM's consistency, an event is applied to be safe.
         assert_eq!(names(&changes.users), ["bob"]);
     }
@@ -531,9 +574,30 @@ mod tests {
                 ..on_user("CreateAccessKey", "alice")
             })
             .collect();
-        feed.apply(&events, at(T0 + 300), overlap);
+        apply(&mut feed, &events, at(T0 + 300), overlap);
         assert_eq!(feed.seen.len(), 100);
-        feed.apply(&[], at(T0 + 100 + 901), overlap);
+        apply(&mut feed, &[], at(T0 + 100 + 901), overlap);
         assert!(feed.seen.is_empty());
+    }
+
+    #[test]
+    fn a_poll_not_committed_is_read_again() {
+        let overlap = Duration::from_secs(900);
+        let mut feed = ChangeFeed::default();
+        feed.restart(at(T0));
+        let created = Event {
+            time: at(T0 + 100),
+            ..on_user("CreateAccessKey", "alice")
+        };
+        // The refresh that read it failed: the next poll asks for the same window and
+        // finds the event again.
+        let lost = feed.read(std::slice::from_ref(&created), at(T0 + 300));
+        assert_eq!(names(&lost.changes.users), ["alice"]);
+        assert_eq!(
+            feed.window(at(T0 + 600), overlap),
+            Some((at(T0 - 900), at(T0 + 600)))
+        );
+        let again = apply(&mut feed, &[created], at(T0 + 600), overlap);
+        assert_eq!(names(&again.users), ["alice"]);
     }
 }

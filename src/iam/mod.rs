@@ -37,7 +37,7 @@ use aws_smithy_types::config_bag::ConfigBag;
 use crate::config::AwsSettings;
 use crate::metrics::ExporterMetrics;
 
-pub use change_feed::{ChangeFeed, Changes};
+pub use change_feed::{ChangeFeed, Changes, Polled};
 pub use keys::{collect_inventory, relist_users, root_access_keys_present};
 pub use organizations::{
     CallerIdentity, OrganizationAccount, caller_account_id, caller_identity,

@@ -1849,10 +1849,21 @@ struct FeedAccount {
 impl FeedAccount {
     /// `lookup` answers LookupEvents instead of the event list, when given.
     fn new(population: Population, deleted: &'static [&'static str], lookup: Option<Rule>) -> Self {
+        Self::with_rules(population, deleted, lookup, Vec::new())
+    }
+
+    /// `new`, with `first` asked before the account's own rules.
+    fn with_rules(
+        population: Population,
+        deleted: &'static [&'static str],
+        lookup: Option<Rule>,
+        first: Vec<Rule>,
+    ) -> Self {
         let metrics = Arc::new(ExporterMetrics::new());
         let events = Arc::new(std::sync::Mutex::new(Vec::new()));
         let asked = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let mut rules = population.rules(&asked);
+        let mut rules = first;
+        rules.extend(population.rules(&asked));
         rules.push(
             mock!(Client::get_user)
                 .match_requests(move |r| deleted.contains(&r.user_name().unwrap()))
@@ -1919,8 +1930,18 @@ impl FeedAccount {
         std::collections::BTreeMap<String, u64>,
         crate::source::Refreshed,
     ) {
+        let (counted, refreshed) = self.try_refresh().await;
+        (counted, refreshed.unwrap())
+    }
+
+    async fn try_refresh(
+        &self,
+    ) -> (
+        std::collections::BTreeMap<String, u64>,
+        Result<crate::source::Refreshed, crate::source::SourceError>,
+    ) {
         let before = all_requests(&self.metrics);
-        let refreshed = self.source.refresh(&self.metrics).await.unwrap();
+        let refreshed = self.source.refresh(&self.metrics).await;
         let mut counted = all_requests(&self.metrics);
         for (operation, n) in &before {
             *counted.get_mut(operation).unwrap() -= n;
@@ -2062,4 +2083,41 @@ async fn a_denied_change_feed_lists_every_user_and_says_so() {
             .get(),
         1
     );
+}
+
+#[tokio::test]
+async fn a_change_that_could_not_be_applied_is_applied_by_the_next_refresh() {
+    let population = Population {
+        users: 30,
+        drifted: false,
+    };
+    // IAM refuses the first GetUser for user00007 with an error no retry helps.
+    let refused_once = mock!(Client::get_user)
+        .match_requests(|r| r.user_name() == Some("user00007"))
+        .sequence()
+        .http_response(|| iam_error(400, "InvalidInput"))
+        .output(|| {
+            aws_sdk_iam::operation::get_user::GetUserOutput::builder()
+                .user(user("user00007"))
+                .build()
+        })
+        .build();
+    let account = FeedAccount::with_rules(population, &[], None, vec![refused_once]);
+    account.refresh().await;
+    account.record(
+        "1",
+        "CreateAccessKey",
+        false,
+        serde_json::json!({"requestParameters": {"userName": "user00007"}}),
+    );
+    let (_, failed) = account.try_refresh().await;
+    assert!(failed.is_err(), "the refresh fails with GetUser");
+    // The event is read again: the failed refresh moved the feed nowhere.
+    let (cost, refreshed) = account.refresh().await;
+    let changes = refreshed.changes.unwrap();
+    assert_eq!(changes.users.iter().collect::<Vec<_>>(), ["user00007"]);
+    assert_eq!(cost["GetUser"], 1);
+    // And once applied, it is not read a third time.
+    let (_, refreshed) = account.refresh().await;
+    assert!(refreshed.changes.unwrap().is_empty());
 }
