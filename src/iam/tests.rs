@@ -2121,3 +2121,30 @@ async fn a_change_that_could_not_be_applied_is_applied_by_the_next_refresh() {
     let (_, refreshed) = account.refresh().await;
     assert!(refreshed.changes.unwrap().is_empty());
 }
+
+#[tokio::test]
+async fn a_denied_get_user_turns_the_change_feed_off_and_lists_every_user() {
+    let population = Population {
+        users: 30,
+        drifted: false,
+    };
+    let denied = mock!(Client::get_user).then_http_response(|| iam_error(403, "AccessDenied"));
+    let account = FeedAccount::with_rules(population, &[], None, vec![denied]);
+    account.refresh().await;
+    account.record(
+        "1",
+        "CreateAccessKey",
+        false,
+        serde_json::json!({"requestParameters": {"userName": "user00007"}}),
+    );
+    let (cost, refreshed) = account.refresh().await;
+    assert!(refreshed.changes.is_none(), "a whole list instead");
+    assert_eq!(cost["GetUser"], 1);
+    assert_eq!(cost["ListAccessKeys"], 30);
+    assert!(
+        account
+            .source
+            .degraded
+            .is_off(crate::features::Feature::ChangeFeed)
+    );
+}
