@@ -1,9 +1,16 @@
 //! The change feed: which users IAM changed, from CloudTrail's event history. Event
 //! history is on in every account without a trail and holds 90 days of management
 //! events; IAM's are recorded in one region (us-east-1 for the aws partition). A poll asks
-//! LookupEvents for `EventSource = iam.amazonaws.com` since the previous poll and turns
-//! the write events into the users to list again, so a refresh costs what changed, not
-//! what exists.
+//! LookupEvents for the write events (`ReadOnly = false`) since the previous poll, keeps
+//! IAM's (`eventSource` iam.amazonaws.com) and turns them into the users to list again,
+//! so a refresh costs what changed, not what exists.
+//!
+//! Write events, not `EventSource = iam.amazonaws.com`: LookupEvents takes one attribute,
+//! and IAM's events include every read, the exporter's own among them. A whole list of
+//! 5,000 users is 5,000 reads, so a feed of IAM's events would page through the
+//! exporter's own footprint at every poll after one (and a service-access pass adds two
+//! or three reads a job). The write events of the region hold none of the exporter's
+//! calls but its GenerateCredentialReport, every four hours.
 //!
 //! CloudTrail shows an event minutes after its call, so each poll looks back `overlap`
 //! before the previous poll's end and skips the events it has already seen by id. Only
@@ -19,9 +26,12 @@ use serde::Deserialize;
 use super::{IamError, observe};
 use crate::metrics::ExporterMetrics;
 
-/// A poll that would read more pages than this (50 events each) is abandoned for a whole
-/// list of the account, which is cheaper at that point than reading on.
-pub const MAX_PAGES: usize = 100;
+/// A poll that would read more pages than this (50 events each, 10,000 in all, about two
+/// minutes at the feed's rate) is abandoned for a whole list of the account.
+pub const MAX_PAGES: usize = 200;
+
+/// The `eventSource` of IAM's events.
+const IAM_EVENT_SOURCE: &str = "iam.amazonaws.com";
 
 /// How much earlier than a whole list's start an event may be and still be skipped as
 /// already seen by it: IAM takes a few seconds to show a change everywhere.
@@ -299,9 +309,9 @@ async fn lookup_iam_events(
     end: SystemTime,
 ) -> Result<Option<Vec<Event>>, IamError> {
     const OP: &str = "LookupEvents";
-    let source = LookupAttribute::builder()
-        .attribute_key(LookupAttributeKey::EventSource)
-        .attribute_value("iam.amazonaws.com")
+    let writes = LookupAttribute::builder()
+        .attribute_key(LookupAttributeKey::ReadOnly)
+        .attribute_value("false")
         .build()
         .map_err(|_| IamError::Malformed {
             operation: OP,
@@ -309,7 +319,7 @@ async fn lookup_iam_events(
         })?;
     let mut pages = cloudtrail
         .lookup_events()
-        .lookup_attributes(source)
+        .lookup_attributes(writes)
         .start_time(start.into())
         .end_time(end.into())
         .max_results(50)
@@ -332,6 +342,10 @@ async fn lookup_iam_events(
             let Ok(time) = SystemTime::try_from(time) else {
                 continue;
             };
+            // Other services' writes in the region: nothing the exporter serves.
+            if event.event_source.as_deref() != Some(IAM_EVENT_SOURCE) {
+                continue;
+            }
             events.push(Event {
                 id,
                 name: event.event_name.unwrap_or_default(),

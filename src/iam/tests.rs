@@ -1876,8 +1876,17 @@ impl FeedAccount {
         }));
         let iam = client(&rules.iter().collect::<Vec<_>>(), &metrics);
         let listed = events.clone();
-        let lookup_events =
-            mock!(aws_sdk_cloudtrail::Client::lookup_events).then_compute_output(move |_| {
+        // The feed asks for the write events only: IAM's reads, the exporter's own among
+        // them, would fill its pages.
+        let lookup_events = mock!(aws_sdk_cloudtrail::Client::lookup_events)
+            .match_requests(|r| {
+                let [only] = r.lookup_attributes() else {
+                    return false;
+                };
+                only.attribute_key == aws_sdk_cloudtrail::types::LookupAttributeKey::ReadOnly
+                    && only.attribute_value == "false"
+            })
+            .then_compute_output(move |_| {
                 aws_sdk_cloudtrail::operation::lookup_events::LookupEventsOutput::builder()
                     .set_events(Some(listed.lock().unwrap().clone()))
                     .build()
@@ -1951,12 +1960,23 @@ impl FeedAccount {
     }
 
     fn record(&self, id: &str, name: &str, read_only: bool, detail: serde_json::Value) {
+        self.record_from("iam.amazonaws.com", id, name, read_only, detail);
+    }
+
+    fn record_from(
+        &self,
+        source: &str,
+        id: &str,
+        name: &str,
+        read_only: bool,
+        detail: serde_json::Value,
+    ) {
         self.events.lock().unwrap().push(
             aws_sdk_cloudtrail::types::Event::builder()
                 .event_id(id)
                 .event_name(name)
                 .read_only(if read_only { "true" } else { "false" })
-                .event_source("iam.amazonaws.com")
+                .event_source(source)
                 .event_time(DateTime::from(SystemTime::now()))
                 .cloud_trail_event(detail.to_string())
                 .build(),
@@ -2013,6 +2033,14 @@ async fn a_change_costs_the_calls_of_the_users_it_names() {
     );
     account.record("5", "CreateRole", false, serde_json::json!({}));
     account.record("6", "TagUser", false, on("user00030"));
+    // Another service's write of the same name is not IAM's.
+    account.record_from(
+        "sso.amazonaws.com",
+        "7",
+        "DeleteUser",
+        false,
+        on("user00040"),
+    );
     let (cost, refreshed) = account.refresh().await;
     assert_eq!(
         cost,

@@ -31,7 +31,9 @@ pub async fn run_key_refresh(fleet: Arc<Fleet>, settings: Settings, shared: Arc<
     };
     let mut last: Option<Instant> = None;
     every(tick, || {
-        let due = last.is_none_or(|at| at.elapsed() >= interval) || fleet.file_changed();
+        // Half a tick of slack: a tick may wake a hair before a whole interval has passed
+        // since the last refresh started, and must not wait a whole interval more.
+        let due = last.is_none_or(|at| at.elapsed() + tick / 2 >= interval) || fleet.file_changed();
         if due {
             last = Some(Instant::now());
         }
@@ -61,8 +63,10 @@ pub async fn refresh_keys_once(fleet: &Fleet, settings: &Settings, shared: &Shar
         .filter_map(|outcome| std::future::ready(outcome.err()))
         .collect()
         .await;
-    if shared.snapshot().is_none() && errors.is_empty() {
-        // No account at all (an empty shard or organization) is still an answer to serve.
+    // Whatever the publisher has not rendered yet goes out with the round's end, so a
+    // finished round is served whole. Before any data, only a round without failures is
+    // an answer to serve (an empty shard or organization, say).
+    if shared.snapshot().is_some() || errors.is_empty() {
         shared.republish().await;
     }
 
@@ -157,7 +161,7 @@ async fn refresh_account(
             );
             let key = &account.target.key;
             shared
-                .publish_inventory(key, account.target.name.clone(), inventory)
+                .offer_inventory(key, account.target.name.clone(), inventory)
                 .await;
             let now = SystemTime::now();
             *account.last_success.lock().expect("not poisoned") = Some(now);

@@ -154,14 +154,33 @@ impl Shared {
         self.published.load().is_ready()
     }
 
-    /// Replaces one account's inventory and publishes it. Service counts and tags of users
-    /// that are gone are dropped with them.
+    /// Replaces one account's inventory and publishes it at once. Service counts and tags
+    /// of users that are gone are dropped with them.
     pub async fn publish_inventory(
         &self,
         account: &str,
         name: Option<String>,
         inventory: Inventory,
     ) {
+        self.store_inventory(account, name, inventory).await;
+        self.render_and_swap().await;
+        self.inventory_generation.send_modify(|g| *g += 1);
+    }
+
+    /// Replaces one account's inventory for `run_publisher` to publish within seconds,
+    /// together with the accounts that finish meanwhile: a round of a thousand accounts
+    /// then costs a render every few seconds, not one per account. The first inventory is
+    /// published at once, so that the exporter is ready as soon as it has data.
+    pub async fn offer_inventory(&self, account: &str, name: Option<String>, inventory: Inventory) {
+        if !self.is_ready() {
+            return self.publish_inventory(account, name, inventory).await;
+        }
+        self.store_inventory(account, name, inventory).await;
+        self.inventory_generation.send_modify(|g| *g += 1);
+        self.changed.notify_one();
+    }
+
+    async fn store_inventory(&self, account: &str, name: Option<String>, inventory: Inventory) {
         self.change(account, |collected| {
             let data = collected.accounts.entry(account.to_string()).or_default();
             let arns: HashSet<&str> = inventory.users.iter().map(|u| u.arn.as_str()).collect();
@@ -172,8 +191,6 @@ impl Shared {
             data.inventory = Some(Arc::new(inventory));
         })
         .await;
-        self.render_and_swap().await;
-        self.inventory_generation.send_modify(|g| *g += 1);
     }
 
     /// Drops an account that is no longer watched; its series vanish with the next snapshot.
@@ -405,9 +422,10 @@ impl Shared {
 /// one user at a time are published together, at a small share of one core.
 const PUBLISH_GAP: Duration = Duration::from_secs(5);
 
-/// Publishes service counts and tags as they arrive: at once after a quiet spell, then at
-/// most once per `PUBLISH_GAP`, so the first counts of a pass show within a second of
-/// their job and a pass of thousands of jobs costs a render every few seconds.
+/// Publishes inventories, service counts and tags as they arrive: at once after a quiet
+/// spell, then at most once per `PUBLISH_GAP`, so the first counts of a pass show within
+/// a second of their job, and a pass of thousands of jobs or a round of a thousand
+/// accounts costs a render every few seconds.
 pub async fn run_publisher(shared: Arc<Shared>) {
     loop {
         shared.changed.notified().await;

@@ -25,7 +25,12 @@ pub async fn run_service_access_refresh(
     settings: Settings,
     shared: Arc<Shared>,
 ) {
+    // After the first round, not the first account: a pass started earlier would leave
+    // out every account that had not published yet, until the next interval. And only
+    // once there is data: a pass publishes, and must not make ready an exporter whose
+    // every refresh failed.
     shared.first_inventory().await;
+    shared.first_refresh_finished().await;
     let mut ticker = tokio::time::interval(settings.service_access.interval);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {

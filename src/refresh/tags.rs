@@ -62,9 +62,12 @@ pub(super) async fn read_tags(
     }
 }
 
-/// Reads every user's tags again, forever, every `tags.interval`.
+/// Reads every user's tags again, forever, every `tags.interval` from the end of the first
+/// round, which read every user's tags already (they were all new).
 pub async fn run_tag_refresh(fleet: Arc<Fleet>, settings: Settings, shared: Arc<Shared>) {
     shared.first_inventory().await;
+    shared.first_refresh_finished().await;
+    tokio::time::sleep(settings.tags.interval).await;
     every(settings.tags.interval, || {
         refresh_tags_once(&fleet, &settings, &shared)
     })
