@@ -24,7 +24,7 @@ value() { scrape | awk -v name="$1" '$1 == name {print $2}'; }
 requests() {
     local pattern
     pattern=$(printf '|%s' "$@")
-    scrape | grep -E "^iam_key_exporter_aws_requests_total\{operation=\"(${pattern:1})\"\}" |
+    scrape | { grep -E "^iam_key_exporter_aws_requests_total\{operation=\"(${pattern:1})\"\}" || true; } |
         awk '{s += $2} END {print s + 0}'
 }
 by_operation() {
@@ -84,13 +84,14 @@ export IAM_KEY_EXPORTER_SERVICE_ACCESS__INTERVAL=3m
 export IAM_KEY_EXPORTER_CHANGE_FEED__ENABLED=true
 start_exporter
 jobs() { requests GenerateServiceLastAccessedDetails; }
+last_run=0
 for pass in 1 2; do
-    # A pass has ended when its duration is set again.
-    until [ "$(value iam_key_exporter_service_access_last_run_timestamp_seconds)" != "${last_run:-}" ] &&
-        [ -n "$(value iam_key_exporter_service_access_last_run_timestamp_seconds)" ]; do
+    # A pass has ended when the time of its end moves.
+    until run=$(value iam_key_exporter_service_access_last_run_timestamp_seconds) &&
+        [ -n "$run" ] && [ "$run" != 0 ] && [ "$run" != "$last_run" ]; do
         sleep 2
     done
-    last_run=$(value iam_key_exporter_service_access_last_run_timestamp_seconds)
+    last_run=$run
     total=$(jobs)
     echo "service-access pass $pass at 500 users: $((total - ${previous:-0})) jobs," \
         "$(value iam_key_exporter_service_access_duration_seconds) s"

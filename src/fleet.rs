@@ -40,7 +40,8 @@ pub struct Account {
 /// since its last job. Each pass still reads everyone every `refresh.full_interval`.
 #[derive(Debug, Default)]
 pub struct Followed {
-    /// The last key refresh followed the feed (it did not list every user).
+    /// The change feed follows the account (see `Refreshed::following`): its events
+    /// will name what changes.
     pub following: bool,
     /// Users (lowercased names: IAM matches names regardless of case) whose own
     /// permissions changed since their last job.

@@ -56,6 +56,10 @@ pub struct Refreshed {
     /// What the change feed said changed, when only that was listed; `None` when every
     /// user was listed (or read from a report), so anything may have changed.
     pub changes: Option<Changes>,
+    /// The feed follows this account: on, started, and allowed. Changes made after this
+    /// refresh will be told by a later one, so the slower passes may read only what the
+    /// feed names, even after a whole list.
+    pub following: bool,
 }
 
 /// What an AWS source keeps from one refresh to the next.
@@ -242,6 +246,7 @@ impl Origin {
                     return Ok(Refreshed {
                         inventory,
                         changes: None,
+                        following: false,
                     });
                 }
                 let mut tracked = tracked.lock().await;
@@ -346,7 +351,14 @@ impl Origin {
                 let facts = &mut inventory.account;
                 facts.root_access_keys_present =
                     from_summary.or_else(|| facts.root.as_ref().map(|root| !root.keys.is_empty()));
-                Ok(Refreshed { inventory, changes })
+                let following = feed.is_some()
+                    && tracked.feed.is_started()
+                    && !degraded.is_off(Feature::ChangeFeed);
+                Ok(Refreshed {
+                    inventory,
+                    changes,
+                    following,
+                })
             }
             Origin::File {
                 path,
@@ -380,6 +392,7 @@ impl Origin {
                 Ok(Refreshed {
                     inventory,
                     changes: None,
+                    following: false,
                 })
             }
         }

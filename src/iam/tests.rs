@@ -559,16 +559,25 @@ fn report_csv() -> String {
 }
 
 fn report_output(generated_hours_ago: i64) -> GetCredentialReportOutput {
+    report_output_at(hours_ago(generated_hours_ago))
+}
+
+/// Unix seconds `hours` ago. A mock that must keep answering the same report computes it
+/// once: computed at each answer, a second ticking over between two answers would make
+/// the same report look newer.
+fn hours_ago(hours: i64) -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+        - hours * 3600
+}
+
+fn report_output_at(generated: i64) -> GetCredentialReportOutput {
     GetCredentialReportOutput::builder()
         .content(Blob::new(report_csv()))
         .report_format(ReportFormatType::TextCsv)
-        .generated_time(DateTime::from_secs(
-            SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .unwrap()
-                .as_secs() as i64
-                - generated_hours_ago * 3600,
-        ))
+        .generated_time(DateTime::from_secs(generated))
         .build()
 }
 
@@ -856,9 +865,10 @@ async fn cost_of_a_report_in_progress_is_two_or_three_calls() {
 
 #[tokio::test(start_paused = true)]
 async fn the_old_report_served_during_generation_is_not_taken_for_the_new_one() {
+    let old = hours_ago(5);
     let get = mock!(Client::get_credential_report)
         .sequence()
-        .output(|| report_output(5))
+        .output(move || report_output_at(old))
         .times(2)
         .output(|| report_output(0))
         .build();
@@ -901,7 +911,8 @@ async fn a_report_iam_will_not_regenerate_is_fetched_once_more() {
 
 #[tokio::test(start_paused = true)]
 async fn the_old_report_is_used_when_the_new_one_never_comes() {
-    let get = mock!(Client::get_credential_report).then_output(|| report_output(30));
+    let old = hours_ago(30);
+    let get = mock!(Client::get_credential_report).then_output(move || report_output_at(old));
     let generate = mock!(Client::generate_credential_report)
         .then_output(|| generate_state(ReportStateType::Started));
     let metrics = Arc::new(ExporterMetrics::new());
@@ -1994,6 +2005,7 @@ async fn cost_of_a_steady_state_refresh_with_the_change_feed_is_two_calls_at_any
     // The first refresh lists every user: the feed needs a place to start.
     let (first, refreshed) = account.refresh().await;
     assert!(refreshed.changes.is_none());
+    assert!(refreshed.following, "the feed goes on from the whole list");
     assert_eq!(first["ListAccessKeys"], MANY as u64);
 
     // Nothing changed: the event history says so in one call, and the report of the
@@ -2094,6 +2106,7 @@ async fn a_denied_change_feed_lists_every_user_and_says_so() {
     for _ in 0..2 {
         let (cost, refreshed) = account.refresh().await;
         assert!(refreshed.changes.is_none(), "a whole list");
+        assert!(!refreshed.following);
         assert_eq!(cost["ListAccessKeys"], 30);
         assert_eq!(cost["LookupEvents"], 1, "asked again each refresh");
         assert!(

@@ -14,8 +14,8 @@ use super::{RefreshStatus, Shared, every};
 use crate::config::Settings;
 use crate::features::Feature;
 use crate::fleet::{Account, Fleet};
-use crate::iam::Changes;
 use crate::inventory::{Inventory, unix_seconds};
+use crate::source::Refreshed;
 
 /// How often a report file is checked for changes.
 const FILE_CHECK_INTERVAL: Duration = Duration::from_secs(5);
@@ -119,7 +119,7 @@ async fn refresh_account(
         // Service-access jobs wait while this is held; see `account_service_access`.
         let _keys_first = account.refreshing_keys.write().await;
         let refreshed = account.source.refresh(metrics).await?;
-        let retag = follow(account, refreshed.changes.as_ref());
+        let retag = follow(account, &refreshed);
         if refreshed
             .changes
             .as_ref()
@@ -188,10 +188,10 @@ async fn refresh_account(
 /// users (lowercased names) whose tags are to be read again now: those whose tags
 /// changed, and those listed again (a user deleted and made anew under the same name
 /// keeps its ARN but not its tags).
-fn follow(account: &Account, changes: Option<&Changes>) -> HashSet<String> {
+fn follow(account: &Account, refreshed: &Refreshed) -> HashSet<String> {
     let mut followed = account.followed.lock().expect("not poisoned");
-    followed.following = changes.is_some();
-    let Some(changes) = changes else {
+    followed.following = refreshed.following;
+    let Some(changes) = &refreshed.changes else {
         return HashSet::new();
     };
     followed
