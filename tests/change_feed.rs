@@ -170,15 +170,7 @@ fn a_refresh_with_nothing_changed_costs_two_calls_and_each_change_shows_by_the_n
     }));
     let key_id = {
         let series = key_series(&exporter.metrics(), "newcomer");
-        let (series, _) = &series[0];
-        series
-            .split("access_key_id=\"")
-            .nth(1)
-            .unwrap()
-            .split('"')
-            .next()
-            .unwrap()
-            .to_string()
+        label(&series[0].0, "access_key_id").unwrap().to_string()
     };
 
     // Deactivated.

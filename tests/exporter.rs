@@ -494,15 +494,7 @@ fn filtered_users_cost_no_calls_and_masked_ids_keep_their_last_four_characters()
         .0
         .keys()
         .filter(|k| k.starts_with("aws_iam_access_key_active{"))
-        .map(|k| {
-            k.split("access_key_id=\"")
-                .nth(1)
-                .unwrap()
-                .split('"')
-                .next()
-                .unwrap()
-                .to_string()
-        })
+        .map(|k| label(k, "access_key_id").unwrap().to_string())
         .collect();
     shown.sort();
     expected.sort();

@@ -413,6 +413,12 @@ impl Metrics {
     }
 }
 
+/// The value of label `name` in a series key as `Metrics` holds it (`name{a="x",...}`).
+pub fn label<'a>(series: &'a str, name: &str) -> Option<&'a str> {
+    let (_, rest) = series.split_once(&format!("{name}=\""))?;
+    Some(rest.split('"').next().unwrap_or(rest))
+}
+
 pub fn series_key(name: &str, labels: &[(&str, &str)]) -> String {
     if labels.is_empty() {
         return name.to_string();
@@ -532,15 +538,22 @@ impl Prometheus {
         rules: &Path,
         extra_config: &str,
     ) -> Option<Prometheus> {
+        let targets: Vec<String> = targets.iter().map(|t| format!("\"{t}\"")).collect();
+        let job = format!("static_configs: [{{targets: [{}]}}]", targets.join(", "));
+        Prometheus::spawn(rules, &job, extra_config)
+    }
+
+    /// Prometheus scraping and evaluating `rules` every second, its `iam-key-exporter`
+    /// job configured by `job` (a YAML flow mapping's entries), on a free port; waits
+    /// until it is ready. `None` without the binary.
+    fn spawn(rules: &Path, job: &str, extra_config: &str) -> Option<Prometheus> {
         let binary = which("prometheus")?;
         let dir = tempfile::tempdir().unwrap();
-        let targets: Vec<String> = targets.iter().map(|t| format!("\"{t}\"")).collect();
         let config = format!(
             "global: {{scrape_interval: 1s, evaluation_interval: 1s}}\n\
              rule_files: [\"{}\"]\n\
-             scrape_configs:\n  - job_name: iam-key-exporter\n    static_configs: [{{targets: [{}]}}]\n{extra_config}",
+             scrape_configs:\n  - job_name: iam-key-exporter\n    {job}\n{extra_config}",
             rules.display(),
-            targets.join(", ")
         );
         let config_path = dir.path().join("prometheus.yml");
         std::fs::write(&config_path, config).unwrap();
@@ -562,16 +575,8 @@ impl Prometheus {
             _dir: dir,
         };
         wait_for("Prometheus ready", Duration::from_secs(60), || {
-            let agent: ureq::Agent = ureq::Agent::config_builder()
-                .http_status_as_error(false)
-                .build()
-                .into();
-            agent
-                .get(format!("http://{}/-/ready", prometheus.address))
-                .call()
-                .ok()
-                .filter(|r| r.status() == 200)
-                .map(|_| ())
+            (http_get_status(&format!("http://{}/-/ready", prometheus.address)) == Some(200))
+                .then_some(())
         });
         Some(prometheus)
     }
@@ -802,40 +807,11 @@ impl Prometheus {
         rules: &Path,
         extra_config: &str,
     ) -> Option<Prometheus> {
-        let binary = which("prometheus")?;
-        let dir = tempfile::tempdir().unwrap();
-        let config = format!(
-            "global: {{scrape_interval: 1s, evaluation_interval: 1s}}\n\
-             rule_files: [\"{}\"]\n\
-             scrape_configs:\n  - job_name: iam-key-exporter\n    \
-             file_sd_configs: [{{files: [\"{}\"], refresh_interval: 1s}}]\n{extra_config}",
-            rules.display(),
+        let job = format!(
+            "file_sd_configs: [{{files: [\"{}\"], refresh_interval: 1s}}]",
             targets.display()
         );
-        let config_path = dir.path().join("prometheus.yml");
-        std::fs::write(&config_path, config).unwrap();
-        let address = format!("127.0.0.1:{}", free_port());
-        let child = Command::new(binary)
-            .arg(format!("--config.file={}", config_path.display()))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.path().join("data").display()
-            ))
-            .arg(format!("--web.listen-address={address}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start prometheus");
-        let prometheus = Prometheus {
-            child,
-            address,
-            _dir: dir,
-        };
-        wait_for("Prometheus ready", Duration::from_secs(60), || {
-            (http_get_status(&format!("http://{}/-/ready", prometheus.address)) == Some(200))
-                .then_some(())
-        });
-        Some(prometheus)
+        Prometheus::spawn(rules, &job, extra_config)
     }
 
     /// The alerts Prometheus holds (pending and firing), as `/api/v1/alerts` lists them.
