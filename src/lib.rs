@@ -47,6 +47,8 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) {
     let metrics = Arc::new(ExporterMetrics::new());
+    // Before Shared::new assembles the first exposition: no scrape sees another shard.
+    metrics.set_shard(settings.shard.total, settings.shard.index);
     let shared = Arc::new(Shared::new(metrics.clone()));
     let fleet = Arc::new(Fleet::new(&settings, metrics).await);
     metrics_for_discovery(&settings, &shared);
@@ -131,6 +133,7 @@ pub enum OnceError {
 /// seconds, for a large account.
 pub async fn once(settings: Settings, service_access: bool) -> Result<Vec<u8>, OnceError> {
     let metrics = Arc::new(ExporterMetrics::without_process_metrics());
+    metrics.set_shard(settings.shard.total, settings.shard.index);
     let shared = Shared::new(metrics.clone());
     let fleet = Fleet::new(&settings, metrics.clone()).await;
     metrics_for_discovery(&settings, &shared);

@@ -137,6 +137,10 @@ pub struct ExporterMetrics {
     pub account_feature_degraded: IntGaugeVec,
     pub discovery_success: IntGauge,
     pub discovery_last_success_timestamp_seconds: prometheus::Gauge,
+    /// `shard.total` and `shard.index`, set once at start (`set_shard`): with them
+    /// Prometheus knows how many replicas should be exporting and which are.
+    pub shards: IntGauge,
+    pub shard_index: IntGauge,
 }
 
 /// The labels of the per-account health metrics.
@@ -224,6 +228,14 @@ impl ExporterMetrics {
         .expect("valid metric");
         register(Box::new(refresh_failures_total.clone()));
 
+        // Not `_shard_total`: a gauge named `_total` reads as a counter, and `promtool
+        // check metrics` rejects it.
+        let shards = int_gauge(
+            "iam_key_exporter_shards",
+            "Replicas the accounts are divided among: the configured shard.total (1 when not sharded).",
+        );
+        shards.set(1);
+
         #[cfg(target_os = "linux")]
         if with_process_metrics {
             register(Box::new(
@@ -278,6 +290,11 @@ impl ExporterMetrics {
             discovery_last_success_timestamp_seconds: gauge(
                 "iam_key_exporter_discovery_last_success_timestamp_seconds",
                 "Unix time of the last successful account discovery.",
+            ),
+            shards,
+            shard_index: int_gauge(
+                "iam_key_exporter_shard_index",
+                "This replica's shard: the configured shard.index, from 0 (0 when not sharded).",
             ),
             refresh_failures_total,
             aws_requests_total: counter_vec(
@@ -343,6 +360,13 @@ impl ExporterMetrics {
         }
     }
 
+    /// Sets the shard gauges from the configuration. Call it before the first exposition
+    /// is assembled (`Shared::new`), so that no scrape sees the unsharded defaults.
+    pub fn set_shard(&self, total: u32, index: u32) {
+        self.shards.set(i64::from(total));
+        self.shard_index.set(i64::from(index));
+    }
+
     /// Counts one failed AWS call. The code is IAM's error code, or a fixed word for
     /// failures that never reached IAM; it is sanitised so a label stays short and safe.
     pub fn count_aws_error(&self, operation: &str, code: &str) {
@@ -403,5 +427,48 @@ mod tests {
         assert!(text.contains("iam_key_exporter_aws_requests_total{operation=\"ListUsers\"} 1"));
         #[cfg(target_os = "linux")]
         assert!(text.contains("process_resident_memory_bytes "), "{text}");
+    }
+
+    #[test]
+    fn exporter_metrics_render_the_configured_shard() {
+        // Unsharded until told otherwise: one shard, index 0.
+        for m in [
+            ExporterMetrics::new(),
+            ExporterMetrics::without_process_metrics(),
+        ] {
+            let text = String::from_utf8(m.render()).unwrap();
+            assert!(text.contains("\niam_key_exporter_shards 1\n"), "{text}");
+            assert!(
+                text.contains("\niam_key_exporter_shard_index 0\n"),
+                "{text}"
+            );
+            assert!(
+                text.contains("# TYPE iam_key_exporter_shards gauge\n"),
+                "{text}"
+            );
+            assert!(
+                text.contains("# TYPE iam_key_exporter_shard_index gauge\n"),
+                "{text}"
+            );
+        }
+        let m = ExporterMetrics::new();
+        m.set_shard(4, 3);
+        let text = String::from_utf8(m.render()).unwrap();
+        assert!(text.contains("\niam_key_exporter_shards 4\n"), "{text}");
+        assert!(
+            text.contains("\niam_key_exporter_shard_index 3\n"),
+            "{text}"
+        );
+        // No labels: one series each.
+        assert_eq!(
+            text.matches("\niam_key_exporter_shards").count(),
+            1,
+            "{text}"
+        );
+        assert_eq!(
+            text.matches("\niam_key_exporter_shard_index").count(),
+            1,
+            "{text}"
+        );
     }
 }
