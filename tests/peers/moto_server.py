@@ -4,15 +4,17 @@ Usage:
     python moto_server.py --scenario FILE [--host 127.0.0.1] [--port 0]
                           [--cloudtrail-delay SECONDS] [--verbose] [--ignore-stdin]
     python moto_server.py --bench-users N [--bench-accounts A] [--scenario FILE] [...]
+    python moto_server.py --bench-roles N [--bench-users M] [--scenario FILE] [...]
 
 What it does:
   1. Loads and validates a scenario JSON file (unknown fields are rejected).
      With --bench-users N it also generates N users with 2 keys each, and
      with --bench-accounts A an organization of A member accounts holding N
-     generated users each.
+     generated users each; with --bench-roles N, N generated roles.
   2. Seeds moto's in-memory IAM backend with the users and access keys (and
-     console password, MFA device, tags), then backdates the model objects
-     (user/key CreateDate, key and password last-used) to "now minus N days".
+     console password, MFA device, tags) and roles (tags, inline policies),
+     then backdates the model objects (user/key/role CreateDate, key and
+     password last-used, RoleLastUsed) to "now minus N days".
      All seeded times are truncated to whole seconds, as real IAM reports
      them, so the values that come back over HTTP equal the ones printed below
      exactly. Member accounts get their users the same way, plus the role the
@@ -32,7 +34,12 @@ What it does:
 TEST-SIDE EXTENSIONS (see README.md for exactly what is and is not emulated):
   - moto 5.2.5 does not implement GenerateServiceLastAccessedDetails /
     GetServiceLastAccessedDetails (it answers HTTP 500). This script adds both
-    to moto's IamResponse class, serving data from the scenario.
+    to moto's IamResponse class, serving data from the scenario, for users and
+    roles, with TrackedActionsLastAccessed for ACTION_LEVEL jobs.
+  - moto's GetAccountAuthorizationDetails ignores MaxItems and Marker (one page,
+    IsTruncated false) and sends roles' trust policies as plain JSON. This
+    script pages it by MaxItems/Marker and URL-encodes them, as IAM does; and
+    gives RoleLastUsed a Region and whole seconds when moto marks a role used.
   - moto's GetCredentialReport always says GeneratedTime 2015-02-02T20:02:02Z.
     This script records when GenerateCredentialReport started a report, keeps
     it for IAM's 4 hours, and answers that time.
@@ -92,6 +99,24 @@ ORG_PAGE_SIZE = 20  # Organizations ListAccounts: MaxResults is 1..20
 MAX_TAGS_PER_USER = 50  # the IAM quota
 ROLE_NAME_RE = re.compile(r"[\w+=,.@-]{1,64}")
 EXTERNAL_ID_RE = re.compile(r"[\w+=,.@:/-]{2,1224}")
+# A service-linked role lives under this path, e.g. /aws-service-role/support.amazonaws.com/.
+SERVICE_ROLE_PATH_RE = re.compile(r"/aws-service-role/([a-z0-9][a-z0-9.-]*\.amazonaws\.com)/")
+SERVICE_PRINCIPAL_RE = re.compile(r"[a-z0-9][a-z0-9.-]*\.amazonaws\.com")
+ROLE_LAST_USED_WINDOW_DAYS = 400  # RoleLastUsed covers the trailing 400 days only
+# A member account's roles besides the scenario's: moto's CreateAccount makes this one.
+ORG_ACCESS_ROLE = "OrganizationAccountAccessRole"
+# Services whose actions IAM reports in ACTION_LEVEL jobs (TrackedActionsLastAccessed),
+# as far as the IAM User Guide could be checked: S3 (tracked since 2020-04-12), EC2, IAM
+# and Lambda (since 2021-04-07), and, from the list at
+# https://docs.aws.amazon.com/IAM/latest/UserGuide/access_policies_last-accessed-action-last-accessed.html
+# (about 200 services since 2023-05-23), the first rows that could be read. Extend it
+# from that page when a scenario needs another one; see README.md.
+ACTION_TRACKED_SERVICES = frozenset({"s3", "ec2", "iam", "lambda", "access-analyzer", "account"})
+GRANULARITIES = ("SERVICE_LEVEL", "ACTION_LEVEL")
+# GetAccountAuthorizationDetails: Filter values, and MaxItems (1..1000, default 100).
+GAAD_FILTERS = ("User", "Role", "Group", "LocalManagedPolicy", "AWSManagedPolicy")
+GAAD_PAGE_SIZE = 100
+GAAD_MAX_ITEMS = 1000
 
 # Bench mode: where generated keys were "used".
 BENCH_SERVICES = (("s3", "Amazon S3"), ("ec2", "Amazon EC2"), ("lambda", "AWS Lambda"),
@@ -99,6 +124,13 @@ BENCH_SERVICES = (("s3", "Amazon S3"), ("ec2", "Amazon EC2"), ("lambda", "AWS La
 BENCH_REGIONS = ("us-east-1", "eu-west-1", "eu-central-1", "ap-southeast-2")
 BENCH_ACCOUNT_BASE = 200_000_000_000  # bench member k is account BENCH_ACCOUNT_BASE + k
 MAX_BENCH_ACCOUNTS = 1000
+# Bench roles: tracked actions granted per service (the first one used when the service was),
+# the services of the service-linked ones, and team tags.
+BENCH_TRACKED_ACTIONS = {"s3": ("CreateBucket", "DeleteBucket", "PutBucketPolicy"),
+                         "ec2": ("RunInstances", "StopInstances", "TerminateInstances"),
+                         "lambda": ("CreateFunction", "UpdateFunctionCode")}
+BENCH_LINKED_SERVICES = ("autoscaling", "ecs", "elasticloadbalancing", "rds", "support")
+BENCH_TEAMS = ("platform", "data", "payments", "ml")
 
 log = logging.getLogger("iam-peer")
 
@@ -178,11 +210,20 @@ class KeySpec:
 
 
 @dataclass
+class ActionSpec:
+    """A tracked action the principal's policies grant, and when it was last used."""
+    name: str
+    last_accessed_days_ago: float | None
+    region: str | None
+
+
+@dataclass
 class ServiceSpec:
     namespace: str
     name: str
     last_authenticated_days_ago: float | None
     region: str | None
+    actions: list[ActionSpec] = field(default_factory=list)
 
 
 @dataclass
@@ -203,6 +244,31 @@ class UserSpec:
 
 
 @dataclass
+class RoleSpec:
+    """An IAM role: when it was created and last used, tags, inline policies, and
+    what its service-last-accessed job answers (the same fields as UserSpec's)."""
+    name: str
+    path: str
+    created_days_ago: float
+    last_used_days_ago: float | None = None
+    last_used_region: str | None = None
+    tags: dict[str, str] = field(default_factory=dict)
+    trusted_service: str | None = None  # None: the account's root is trusted
+    inline_policies: dict[str, dict] = field(default_factory=dict)
+    job: str = "completed"
+    in_progress_polls: int = 1
+    error_code: str | None = None
+    error_message: str | None = None
+    services: list[ServiceSpec] = field(default_factory=list)
+
+    @property
+    def linked_service(self) -> str | None:
+        """The service of a service-linked role (from its path), else None."""
+        match = SERVICE_ROLE_PATH_RE.fullmatch(self.path)
+        return match.group(1) if match else None
+
+
+@dataclass
 class AccountSpec:
     """A member account: its own IAM users, and a role the exporter assumes."""
     account_id: str
@@ -210,6 +276,7 @@ class AccountSpec:
     role_name: str = DEFAULT_ROLE_NAME
     external_id: str | None = None
     in_organization: bool = True
+    roles: list[RoleSpec] | None = None  # None: the scenario has no "roles" for it
 
     @property
     def role_arn(self) -> str:
@@ -234,6 +301,7 @@ class Scenario:
     organization: bool = False
     suspended: list[str] = field(default_factory=list)
     auth: AuthSpec | None = None
+    roles: list[RoleSpec] | None = None  # None: the scenario has no "roles"
 
 
 def _account_id(value: Any, where: str) -> str:
@@ -244,7 +312,7 @@ def _account_id(value: Any, where: str) -> str:
 
 def parse_scenario(doc: Any) -> Scenario:
     _fields(doc, "scenario", {"users"}, {"account_id", "credential_report_generated_hours_ago",
-                                         "accounts", "organization", "auth"})
+                                         "accounts", "organization", "auth", "roles"})
     account_id = _str(doc, "account_id", "scenario", DEFAULT_ACCOUNT_ID)
     if not (account_id.isdigit() and len(account_id) == 12):
         raise ScenarioError("scenario.account_id: expected 12 digits")
@@ -252,6 +320,8 @@ def parse_scenario(doc: Any) -> Scenario:
     users = _parse_users(doc, "scenario", "")
     accounts = _parse_accounts(doc, account_id)
     scenario = Scenario(account_id, users, report_age, accounts)
+    if "roles" in doc:
+        scenario.roles = _parse_roles(doc, "scenario", "", reserved=set())
 
     if "organization" in doc:
         w = "organization"
@@ -282,7 +352,8 @@ def _parse_accounts(doc: dict, main_account: str) -> list[AccountSpec]:
     seen = {main_account}
     for i, a in enumerate(_list(doc, "accounts", "scenario")):
         w = f"accounts[{i}]"
-        _fields(a, w, {"account_id"}, {"users", "role_name", "external_id", "in_organization"})
+        _fields(a, w, {"account_id"},
+                {"users", "role_name", "external_id", "in_organization", "roles"})
         acct = _account_id(a["account_id"], f"{w}.account_id")
         if acct in seen:
             raise ScenarioError(f"{w}.account_id: {acct} is the scenario's account or listed twice")
@@ -294,8 +365,11 @@ def _parse_accounts(doc: dict, main_account: str) -> list[AccountSpec]:
         if external_id is not None and not EXTERNAL_ID_RE.fullmatch(external_id):
             raise ScenarioError(f"{w}.external_id: 2-1224 characters of [\\w+=,.@:/-], "
                                 f"got {external_id!r}")
-        accounts.append(AccountSpec(acct, _parse_users(a, w, w + "."), role_name, external_id,
-                                    _bool(a, "in_organization", w, True)))
+        account = AccountSpec(acct, _parse_users(a, w, w + "."), role_name, external_id,
+                              _bool(a, "in_organization", w, True))
+        if "roles" in a:  # the exporter's role and moto's organization role are taken
+            account.roles = _parse_roles(a, w, w + ".", reserved={role_name, ORG_ACCESS_ROLE})
+        accounts.append(account)
     return accounts
 
 
@@ -364,12 +438,12 @@ def _parse_auth(obj: Any, accounts: list[AccountSpec]) -> AuthSpec:
                     removed)
 
 
-def _parse_tags(u: dict, w: str) -> dict[str, str]:
+def _parse_tags(u: dict, w: str, entity: str = "user") -> dict[str, str]:
     tags = u.get("tags", {})
     if not isinstance(tags, dict):
         raise ScenarioError(f"{w}.tags: expected an object of tag key -> value strings")
     if len(tags) > MAX_TAGS_PER_USER:
-        raise ScenarioError(f"{w}.tags: IAM allows at most {MAX_TAGS_PER_USER} tags per user")
+        raise ScenarioError(f"{w}.tags: IAM allows at most {MAX_TAGS_PER_USER} tags per {entity}")
     for key, value in tags.items():
         if not 1 <= len(key) <= 128 or key.lower().startswith("aws:"):
             raise ScenarioError(f"{w}.tags: key {key!r} must have 1-128 characters "
@@ -426,33 +500,145 @@ def _parse_users(doc: dict, where: str, prefix: str) -> list[UserSpec]:
             raise ScenarioError(f"{w}.password_last_used_days_ago: needs console_password true")
         _not_before(user.password_last_used_days_ago, user_age, f"{w}.password_last_used_days_ago")
         if "services" in u:
-            sw = f"{w}.services"
-            s = _fields(u["services"], sw, set(),
-                        {"job", "in_progress_polls", "entries", "error_code", "error_message"})
-            user.job = _str(s, "job", sw, "completed", JOB_OUTCOMES)
-            polls = s.get("in_progress_polls", 1)
-            if isinstance(polls, bool) or not isinstance(polls, int) or polls < 0:
-                raise ScenarioError(f"{sw}.in_progress_polls: expected a non-negative integer")
-            user.in_progress_polls = polls
-            if user.job != "failed" and ("error_code" in s or "error_message" in s):
-                raise ScenarioError(f"{sw}: error_code/error_message only apply to job 'failed'")
-            user.error_code = _str(s, "error_code", sw, "InternalFailure")
-            user.error_message = _str(s, "error_message", sw,
-                                      "The service last accessed report could not be generated.")
-            for n, e in enumerate(_list(s, "entries", sw)):
-                ew = f"{sw}.entries[{n}]"
-                _fields(e, ew, {"namespace", "name"}, {"last_authenticated_days_ago", "region"})
-                ago = _days(e, "last_authenticated_days_ago", ew)
-                if ago is None and "region" in e:
-                    raise ScenarioError(f"{ew}.region: needs last_authenticated_days_ago")
-                user.services.append(ServiceSpec(
-                    namespace=_str(e, "namespace", ew),
-                    name=_str(e, "name", ew),
-                    last_authenticated_days_ago=ago,
-                    region=_str(e, "region", ew, DEFAULT_REGION if ago is not None else None),
-                ))
+            _parse_services(u["services"], f"{w}.services", user)
         users.append(user)
     return users
+
+
+def _parse_services(s: Any, sw: str, spec: UserSpec | RoleSpec) -> None:
+    """A principal's `services` (its service-last-accessed job) into `spec`."""
+    _fields(s, sw, set(), {"job", "in_progress_polls", "entries", "error_code", "error_message"})
+    spec.job = _str(s, "job", sw, "completed", JOB_OUTCOMES)
+    polls = s.get("in_progress_polls", 1)
+    if isinstance(polls, bool) or not isinstance(polls, int) or polls < 0:
+        raise ScenarioError(f"{sw}.in_progress_polls: expected a non-negative integer")
+    spec.in_progress_polls = polls
+    if spec.job != "failed" and ("error_code" in s or "error_message" in s):
+        raise ScenarioError(f"{sw}: error_code/error_message only apply to job 'failed'")
+    spec.error_code = _str(s, "error_code", sw, "InternalFailure")
+    spec.error_message = _str(s, "error_message", sw,
+                              "The service last accessed report could not be generated.")
+    namespaces: set[str] = set()
+    for n, e in enumerate(_list(s, "entries", sw)):
+        ew = f"{sw}.entries[{n}]"
+        _fields(e, ew, {"namespace", "name"}, {"last_authenticated_days_ago", "region", "actions"})
+        ago = _days(e, "last_authenticated_days_ago", ew)
+        if ago is None and "region" in e:
+            raise ScenarioError(f"{ew}.region: needs last_authenticated_days_ago")
+        service = ServiceSpec(
+            namespace=_str(e, "namespace", ew),
+            name=_str(e, "name", ew),
+            last_authenticated_days_ago=ago,
+            region=_str(e, "region", ew, DEFAULT_REGION if ago is not None else None),
+        )
+        if service.namespace in namespaces:
+            raise ScenarioError(f"{ew}.namespace: {service.namespace!r} is listed twice")
+        namespaces.add(service.namespace)
+        if "actions" in e:
+            service.actions = _parse_actions(e, ew, service)
+        spec.services.append(service)
+
+
+def _parse_actions(e: dict, ew: str, service: ServiceSpec) -> list[ActionSpec]:
+    """The tracked actions of a service entry: those its policies grant, used or not."""
+    if service.namespace not in ACTION_TRACKED_SERVICES:
+        raise ScenarioError(f"{ew}.actions: IAM does not report actions of {service.namespace!r} "
+                            f"here; tracked: {sorted(ACTION_TRACKED_SERVICES)}")
+    actions: list[ActionSpec] = []
+    for m, a in enumerate(_list(e, "actions", ew)):
+        aw = f"{ew}.actions[{m}]"
+        _fields(a, aw, {"name"}, {"last_accessed_days_ago", "region"})
+        name = _str(a, "name", aw)
+        if not re.fullmatch(r"[A-Za-z0-9]+", name):
+            raise ScenarioError(f"{aw}.name: an action name without the service prefix, "
+                                f"e.g. 'CreateBucket', got {name!r}")
+        if name == "PassRole" and service.namespace == "iam":
+            raise ScenarioError(f"{aw}.name: IAM does not track iam:PassRole")
+        if any(x.name == name for x in actions):
+            raise ScenarioError(f"{aw}.name: {name!r} is listed twice")
+        ago = _days(a, "last_accessed_days_ago", aw)
+        if ago is None and "region" in a:
+            raise ScenarioError(f"{aw}.region: needs last_accessed_days_ago")
+        if ago is not None:
+            # The service was last accessed at the latest of all its actions' accesses.
+            if service.last_authenticated_days_ago is None:
+                raise ScenarioError(f"{aw}.last_accessed_days_ago: the service entry needs a "
+                                    "last_authenticated_days_ago too")
+            if service.last_authenticated_days_ago > ago:
+                raise ScenarioError(f"{aw}.last_accessed_days_ago ({ago}) is more recent than "
+                                    "the service's last_authenticated_days_ago "
+                                    f"({service.last_authenticated_days_ago})")
+        actions.append(ActionSpec(name, ago, _str(a, "region", aw,
+                                                  DEFAULT_REGION if ago is not None else None)))
+    return actions
+
+
+def _parse_roles(doc: dict, where: str, prefix: str, reserved: set[str]) -> list[RoleSpec]:
+    """The roles of one account; `reserved` are role names the peer creates itself there."""
+    roles: list[RoleSpec] = []
+    seen: set[str] = set()
+    for i, r in enumerate(_list(doc, "roles", where)):
+        w = f"{prefix}roles[{i}]"
+        _fields(r, w, {"name", "created_days_ago"},
+                {"path", "last_used_days_ago", "last_used_region", "tags", "trusted_service",
+                 "inline_policies", "services"})
+        name = _str(r, "name", w)
+        if not ROLE_NAME_RE.fullmatch(name):
+            raise ScenarioError(f"{w}.name: not a valid IAM role name: {name!r}")
+        if name.lower() in seen:  # role names are unique case-insensitively
+            raise ScenarioError(f"{w}.name: duplicate role {name!r}")
+        if name.lower() in {r.lower() for r in reserved}:
+            raise ScenarioError(f"{w}.name: {name!r} is a role the peer creates in this account")
+        seen.add(name.lower())
+        path = _str(r, "path", w, "/")
+        if not (path.startswith("/") and path.endswith("/")):
+            raise ScenarioError(f"{w}.path: must start and end with '/', got {path!r}")
+        if path.startswith("/aws-service-role/") and not SERVICE_ROLE_PATH_RE.fullmatch(path):
+            raise ScenarioError(f"{w}.path: a service-linked role's path is "
+                                f"/aws-service-role/<service>.amazonaws.com/, got {path!r}")
+        created = _days(r, "created_days_ago", w)
+        used = _days(r, "last_used_days_ago", w)  # null: never used
+        if used is None and "last_used_region" in r:
+            raise ScenarioError(f"{w}.last_used_region: needs last_used_days_ago")
+        if used is not None and used > ROLE_LAST_USED_WINDOW_DAYS:
+            raise ScenarioError(f"{w}.last_used_days_ago: IAM reports a role's last use for the "
+                                f"trailing {ROLE_LAST_USED_WINDOW_DAYS} days only; use null")
+        _not_before(used, created, f"{w}.last_used_days_ago")
+        role = RoleSpec(name=name, path=path, created_days_ago=created, last_used_days_ago=used,
+                        last_used_region=_str(r, "last_used_region", w,
+                                              DEFAULT_REGION if used is not None else None),
+                        tags=_parse_tags(r, w, "role"),
+                        trusted_service=_str(r, "trusted_service", w))
+        if role.trusted_service is not None:
+            if not SERVICE_PRINCIPAL_RE.fullmatch(role.trusted_service):
+                raise ScenarioError(f"{w}.trusted_service: a service principal such as "
+                                    f"'ec2.amazonaws.com', got {role.trusted_service!r}")
+            if role.linked_service not in (None, role.trusted_service):
+                raise ScenarioError(f"{w}.trusted_service: a service-linked role trusts "
+                                    f"{role.linked_service}, the service in its path")
+        policies = r.get("inline_policies", {})
+        if not isinstance(policies, dict):
+            raise ScenarioError(f"{w}.inline_policies: expected an object of policy name -> "
+                                "policy document")
+        for pname, document in policies.items():
+            statements = document.get("Statement") if isinstance(document, dict) else None
+            if not (re.fullmatch(r"[\w+=,.@-]{1,128}", pname) and statements):
+                raise ScenarioError(f"{w}.inline_policies.{pname}: expected a policy document "
+                                    "with a Statement, under a valid policy name")
+        role.inline_policies = dict(policies)
+        if "services" in r:
+            _parse_services(r["services"], f"{w}.services", role)
+        for n, service in enumerate(role.services):
+            sw = f"{w}.services.entries[{n}].last_authenticated_days_ago"
+            _not_before(service.last_authenticated_days_ago, created, sw)
+            # A role is used whenever it accesses a service: its last use is not older.
+            if service.last_authenticated_days_ago is not None and (
+                    used is None or used > service.last_authenticated_days_ago):
+                raise ScenarioError(f"{sw}: a service accessed "
+                                    f"{service.last_authenticated_days_ago} days ago needs the "
+                                    "role's last_used_days_ago at least as recent")
+        roles.append(role)
+    return roles
 
 
 def bench_users(n: int, in_progress_polls: int = 0, first: int = 0) -> list[UserSpec]:
@@ -489,6 +675,47 @@ def bench_users(n: int, in_progress_polls: int = 0, first: int = 0) -> list[User
             created_days_ago=max(k.created_days_ago for k in keys) + rng.randint(0, 60),
             keys=keys, in_progress_polls=in_progress_polls, services=services))
     return users
+
+
+def bench_roles(n: int, in_progress_polls: int = 0) -> list[RoleSpec]:
+    """N roles bench-role-00000.., varied but deterministic (role i from random.Random(i)
+    offset by 10**9, so it does not depend on N).
+
+    Every 25th role (i % 25 == 0) is service-linked, under
+    /aws-service-role/<service>.amazonaws.com/, never used and without service entries.
+    The others live under /bench/: created 1..900 days ago, every third (i % 3 == 0)
+    never used, the others last used at a random time within the 400 days IAM reports
+    (and since their creation) in a region from BENCH_REGIONS; every second one tagged
+    team=<BENCH_TEAMS>. Their job completes after `in_progress_polls` IN_PROGRESS answers
+    and lists two services from BENCH_SERVICES: the first accessed when the role was last
+    used (if it was), the second never; s3, ec2 and lambda entries grant the tracked
+    actions BENCH_TRACKED_ACTIONS, the first of them used with its service.
+    """
+    roles = []
+    for i in range(n):
+        rng = random.Random(10**9 + i)
+        created = float(rng.randint(1, 900))
+        name = f"bench-role-{i:05d}"
+        if i % 25 == 0:
+            service = BENCH_LINKED_SERVICES[(i // 25) % len(BENCH_LINKED_SERVICES)]
+            roles.append(RoleSpec(name, f"/aws-service-role/{service}.amazonaws.com/", created,
+                                  in_progress_polls=in_progress_polls))
+            continue
+        used = (None if i % 3 == 0
+                else round(rng.uniform(0.01, min(created, ROLE_LAST_USED_WINDOW_DAYS)), 2))
+        region = rng.choice(BENCH_REGIONS)
+        tags = {"team": rng.choice(BENCH_TEAMS)} if i % 2 == 0 else {}
+        services = []
+        for n_, (namespace, label) in enumerate(rng.sample(BENCH_SERVICES, 2)):
+            accessed = used if n_ == 0 else None
+            actions = [ActionSpec(a, accessed if k == 0 else None,
+                                  region if accessed is not None and k == 0 else None)
+                       for k, a in enumerate(BENCH_TRACKED_ACTIONS.get(namespace, ()))]
+            services.append(ServiceSpec(namespace, label, accessed,
+                                        region if accessed is not None else None, actions))
+        roles.append(RoleSpec(name, "/bench/", created, used, region if used is not None else None,
+                              tags, in_progress_polls=in_progress_polls, services=services))
+    return roles
 
 
 def bench_accounts(n: int, users: int, in_progress_polls: int = 0) -> list[AccountSpec]:
@@ -572,15 +799,8 @@ def seed(account_id: str, users: list[UserSpec], now: datetime) -> tuple[list[di
                 "last_used_region": k.last_used_region or "N/A",
             })
 
-        entries = [{
-            "namespace": s.namespace,
-            "name": s.name,
-            "last_authenticated": (None if s.last_authenticated_days_ago is None
-                                   else ago(s.last_authenticated_days_ago)),
-            "region": s.region,
-        } for s in spec.services]
+        entries = _service_entries(spec, ago)
         services_by_arn[user.arn] = {"spec": spec, "entries": entries}
-        served = entries if spec.job == "completed" else []
         described.append({
             "name": user.name,
             "arn": user.arn,
@@ -591,14 +811,100 @@ def seed(account_id: str, users: list[UserSpec], now: datetime) -> tuple[list[di
             "mfa_active": bool(user.mfa_devices),
             "tags": dict(spec.tags),
             "keys": keys,
-            # Counts of what GetServiceLastAccessedDetails will serve (0 when
-            # the job fails): "granted" = entries listed, "accessed" = those
-            # with a LastAuthenticated date.
-            "services_accessed": sum(1 for e in served if e["last_authenticated"]),
-            "services_granted": len(served),
-            "service_job": spec.job,
-            "services": [{**e, "last_authenticated": _epoch(e["last_authenticated"])}
-                         for e in served],
+            **_describe_services(spec, entries),
+        })
+    return described, services_by_arn
+
+
+def _service_entries(spec: UserSpec | RoleSpec, ago) -> list[dict]:
+    """What GetServiceLastAccessedDetails serves for a principal, with naive UTC dates."""
+    return [{
+        "namespace": s.namespace,
+        "name": s.name,
+        "last_authenticated": (None if s.last_authenticated_days_ago is None
+                               else ago(s.last_authenticated_days_ago)),
+        "region": s.region,
+        "actions": [{"name": a.name,
+                     "last_accessed": (None if a.last_accessed_days_ago is None
+                                       else ago(a.last_accessed_days_ago)),
+                     "region": a.region} for a in s.actions],
+    } for s in spec.services]
+
+
+def _describe_services(spec: UserSpec | RoleSpec, entries: list[dict]) -> dict:
+    """The JSON line's service-last-accessed members of a user or role (epoch dates)."""
+    served = entries if spec.job == "completed" else []
+    out = []
+    for e in served:
+        entry = {k: v for k, v in e.items() if k != "actions"}
+        entry["last_authenticated"] = _epoch(e["last_authenticated"])
+        if e["actions"]:  # only entries with tracked actions say so
+            entry["actions"] = [{**a, "last_accessed": _epoch(a["last_accessed"])}
+                                for a in e["actions"]]
+            entry["actions_granted"] = len(e["actions"])
+            entry["actions_accessed"] = sum(1 for a in e["actions"] if a["last_accessed"])
+        out.append(entry)
+    # Counts of what GetServiceLastAccessedDetails will serve (0 when the job
+    # fails): "granted" = entries listed, "accessed" = those with a
+    # LastAuthenticated date.
+    return {
+        "services_accessed": sum(1 for e in served if e["last_authenticated"]),
+        "services_granted": len(served),
+        "service_job": spec.job,
+        "services": out,
+    }
+
+
+def role_trust_policy(account_id: str, spec: RoleSpec) -> str:
+    """A seeded role's trust policy: its service, or else the account's root."""
+    service = spec.linked_service or spec.trusted_service
+    principal = {"Service": service} if service else {"AWS": f"arn:aws:iam::{account_id}:root"}
+    return json.dumps({"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Principal": principal, "Action": "sts:AssumeRole"}]})
+
+
+def seed_roles(account_id: str, roles: list[RoleSpec], now: datetime) -> tuple[list[dict], dict]:
+    """Create roles in moto and backdate them (CreateDate, RoleLastUsed).
+
+    Returns (description of what was seeded for the JSON line,
+             service-last-accessed data keyed by role ARN).
+    """
+    from moto.iam.models import iam_backends
+
+    backend = iam_backends[account_id]["aws"]
+    ago = lambda days: _utc_seconds(now - timedelta(days=days))  # noqa: E731
+
+    described, services_by_arn = [], {}
+    for spec in roles:
+        role = backend.create_role(
+            role_name=spec.name, assume_role_policy_document=role_trust_policy(account_id, spec),
+            path=spec.path, permissions_boundary=None, description="",
+            tags=[{"Key": k, "Value": v} for k, v in spec.tags.items()],
+            max_session_duration="3600", linked_service=spec.linked_service)
+        role.create_date = ago(spec.created_days_ago)
+        if spec.last_used_days_ago is not None:
+            role.last_used = ago(spec.last_used_days_ago)
+            role.last_used_region = spec.last_used_region
+        for name, document in spec.inline_policies.items():
+            try:
+                backend.put_role_policy(spec.name, name, json.dumps(document))
+            except Exception as exc:  # moto's MalformedPolicyDocument and the like
+                raise ScenarioError(f"role {spec.name!r}: inline policy {name!r}: {exc}") from None
+        entries = _service_entries(spec, ago)
+        services_by_arn[role.arn] = {"spec": spec, "entries": entries}
+        described.append({
+            "name": role.name,
+            "arn": role.arn,
+            "role_id": role.id,
+            "path": role.path,
+            "create_date": _epoch(role.create_date),
+            # RoleLastUsed: both null when never used in IAM's 400-day window.
+            "last_used_date": _epoch(role.last_used),
+            "last_used_region": role.last_used_region,
+            "service_linked": spec.linked_service is not None,
+            "tags": dict(spec.tags),
+            "inline_policies": sorted(spec.inline_policies),
+            **_describe_services(spec, entries),
         })
     return described, services_by_arn
 
@@ -615,6 +921,7 @@ class _Job:
     granularity: str
     created: datetime
     polls_left: int
+    data: dict  # {"spec": UserSpec | RoleSpec, "entries": [...]}
     completed: datetime | None = None
 
 
@@ -630,7 +937,7 @@ def install_service_last_accessed(services_by_arn: dict) -> None:
     """
     from moto.core.responses import ActionResult
     from moto.core.utils import utcnow
-    from moto.iam.exceptions import InvalidInput, NoSuchEntity
+    from moto.iam.exceptions import InvalidInput, NoSuchEntity, ValidationError
     from moto.iam.responses import IamResponse
 
     jobs: dict[str, _Job] = {}
@@ -638,15 +945,28 @@ def install_service_last_accessed(services_by_arn: dict) -> None:
 
     def generate_service_last_accessed_details(self: IamResponse) -> ActionResult:
         arn = self._get_param("Arn")
-        # Also check the live backend so a user deleted at runtime is gone.
-        if arn not in services_by_arn or not any(
-                u.arn == arn for u in self.backend.users.values()):
-            raise NoSuchEntity(f"The entity with ARN {arn} cannot be found.")
         granularity = self._get_param("Granularity") or "SERVICE_LEVEL"
+        if granularity not in GRANULARITIES:
+            raise ValidationError(
+                f"1 validation error detected: Value '{granularity}' at 'granularity' failed to "
+                "satisfy constraint: Member must satisfy enum value set: "
+                f"[{', '.join(GRANULARITIES)}]")
+        # Also check the live backend so a user or role deleted at runtime is gone.
+        if any(u.arn == arn for u in self.backend.users.values()):
+            data = services_by_arn.get(arn)  # a user: only the scenario's
+        elif any(r.arn == arn for r in self.backend.roles.values()):
+            # Any role of the account: a scenario role answers its `services`,
+            # another (created at run time, the member account's exporter role,
+            # OrganizationAccountAccessRole) a completed job without entries.
+            data = services_by_arn.get(arn) or {"spec": RoleSpec("", "/", 0), "entries": []}
+        else:
+            data = None
+        if data is None:
+            raise NoSuchEntity(f"The entity with ARN {arn} cannot be found.")
         job_id = str(uuid.uuid4())
         with lock:
             jobs[job_id] = _Job(self.current_account, arn, granularity, _utc_seconds(utcnow()),
-                                services_by_arn[arn]["spec"].in_progress_polls)
+                                data["spec"].in_progress_polls, data)
         return ActionResult({"JobId": job_id})
 
     def get_service_last_accessed_details(self: IamResponse) -> ActionResult:
@@ -670,8 +990,8 @@ def install_service_last_accessed(services_by_arn: dict) -> None:
                 job.completed = _utc_seconds(utcnow())
         result["JobCompletionDate"] = job.completed
 
-        data = services_by_arn[job.arn]
-        spec: UserSpec = data["spec"]
+        data = job.data
+        spec: UserSpec | RoleSpec = data["spec"]
         if spec.job == "failed":
             return ActionResult({"JobStatus": "FAILED", **result,
                                  "Error": {"Message": spec.error_message,
@@ -683,20 +1003,34 @@ def install_service_last_accessed(services_by_arn: dict) -> None:
         if start + max_items < len(entries):
             result["IsTruncated"] = True
             result["Marker"] = _encode_marker(start + max_items)
-        result["ServicesLastAccessed"] = [_render_entry(e, job.arn) for e in page]
+        action_level = job.granularity == "ACTION_LEVEL"
+        result["ServicesLastAccessed"] = [_render_entry(e, job.arn, action_level) for e in page]
         return ActionResult({"JobStatus": "COMPLETED", **result})
 
     IamResponse.generate_service_last_accessed_details = generate_service_last_accessed_details
     IamResponse.get_service_last_accessed_details = get_service_last_accessed_details
 
 
-def _render_entry(e: dict, arn: str) -> dict:
+def _render_entry(e: dict, arn: str, action_level: bool = False) -> dict:
     out = {"ServiceName": e["name"], "ServiceNamespace": e["namespace"]}
     if e["last_authenticated"] is None:
         out["TotalAuthenticatedEntities"] = 0
     else:
         out.update(LastAuthenticated=e["last_authenticated"], LastAuthenticatedEntity=arn,
                    LastAuthenticatedRegion=e["region"], TotalAuthenticatedEntities=1)
+    # The API Reference: TrackedActionsLastAccessed "is null if there no tracked
+    # actions or if the principal did not use the tracked actions within the
+    # tracking period", and always for a SERVICE_LEVEL report. Otherwise it
+    # lists every tracked action granted; one never used has only ActionName.
+    if action_level and any(a["last_accessed"] for a in e["actions"]):
+        tracked = []
+        for a in e["actions"]:
+            item = {"ActionName": a["name"]}
+            if a["last_accessed"] is not None:
+                item.update(LastAccessedEntity=arn, LastAccessedTime=a["last_accessed"],
+                            LastAccessedRegion=a["region"])
+            tracked.append(item)
+        out["TrackedActionsLastAccessed"] = tracked
     return out
 
 
@@ -715,6 +1049,118 @@ def _decode_marker(marker: str | None, error: type[Exception]) -> int:
     except ValueError:  # covers binascii.Error and UnicodeDecodeError
         pass
     raise error(f"Invalid Marker {marker!r}.")
+
+
+# --------------------------------------------------------------------------
+# TEST-SIDE EXTENSION: GetAccountAuthorizationDetails paging, RoleLastUsed
+# --------------------------------------------------------------------------
+
+
+def install_account_authorization_details() -> None:
+    """Page GetAccountAuthorizationDetails by MaxItems and Marker, as IAM does.
+
+    moto 5.2.5 answers every user, group, role and policy the Filter asks for
+    in one response with IsTruncated false, whatever MaxItems says. Here moto's
+    backend still chooses the entities (and its serializer renders them), but a
+    page holds at most MaxItems (1..1000, default 100) of them, counted across
+    the lists in response order (users, groups, roles, policies); IsTruncated
+    and an opaque Marker continue it. A Marker continues only the Filter it
+    came from. Also the roles' AssumeRolePolicyDocument is URL-encoded, as IAM
+    sends every policy document of this operation (moto sends plain JSON).
+    """
+    from moto.core.responses import ActionResult
+    from moto.core.serialize import url_encode
+    from moto.iam.exceptions import InvalidInput, ValidationError
+    from moto.iam.responses import IamResponse
+
+    role = "GetAccountAuthorizationDetailsResponse.RoleDetailList.RoleDetail"
+    for path in (f"{role}.AssumeRolePolicyDocument",  # and a role in an instance profile:
+                 f"{role}.InstanceProfileList.InstanceProfile.Roles.Role.AssumeRolePolicyDocument"):
+        IamResponse.RESPONSE_KEY_PATH_TO_TRANSFORMER[path] = url_encode
+
+    def get_account_authorization_details(self: IamResponse) -> ActionResult:
+        filters = self._get_param("Filter", []) or []
+        for value in filters:
+            if value not in GAAD_FILTERS:
+                raise ValidationError(
+                    f"1 validation error detected: Value '[{', '.join(filters)}]' at 'filter' "
+                    "failed to satisfy constraint: Member must satisfy constraint: [Member "
+                    f"must satisfy enum value set: [{', '.join(GAAD_FILTERS)}]]")
+        max_items = self._get_param("MaxItems")
+        if max_items is None:
+            max_items = GAAD_PAGE_SIZE
+        elif not 1 <= int(max_items) <= GAAD_MAX_ITEMS:
+            bound = ("greater than or equal to 1" if int(max_items) < 1
+                     else f"less than or equal to {GAAD_MAX_ITEMS}")
+            raise ValidationError(
+                f"1 validation error detected: Value '{max_items}' at 'maxItems' failed to "
+                f"satisfy constraint: Member must have value {bound}")
+        max_items = int(max_items)
+        query = ",".join(sorted(set(filters)))  # a Marker continues only its own Filter
+        start = _decode_gaad_marker(self._get_param("Marker"), query, InvalidInput)
+
+        details = self.backend.get_account_authorization_details(filters)
+        sections = (("UserDetailList", details["users"]), ("GroupDetailList", details["groups"]),
+                    ("RoleDetailList", details["roles"]),
+                    ("Policies", details["managed_policies"]))
+        items = [(key, item) for key, values in sections for item in values]
+        result: dict[str, Any] = {key: [] for key, _ in sections}
+        for key, item in items[start:start + max_items]:
+            result[key].append(item)
+        result["IsTruncated"] = start + max_items < len(items)
+        if result["IsTruncated"]:
+            result["Marker"] = _encode_gaad_marker(start + max_items, query)
+        return ActionResult(result)
+
+    IamResponse.get_account_authorization_details = get_account_authorization_details
+
+
+def _encode_gaad_marker(offset: int, query: str) -> str:
+    digest = hashlib.sha256(query.encode()).hexdigest()[:16]
+    return base64.urlsafe_b64encode(f"gaad:{offset}:{digest}".encode()).decode()
+
+
+def _decode_gaad_marker(marker: str | None, query: str, error: type[Exception]) -> int:
+    if not marker:
+        return 0
+    try:
+        prefix, offset, digest = base64.urlsafe_b64decode(marker.encode()).decode().split(":")
+        if (prefix == "gaad" and int(offset) >= 0
+                and digest == hashlib.sha256(query.encode()).hexdigest()[:16]):
+            return int(offset)
+    except ValueError:  # covers binascii.Error and UnicodeDecodeError
+        pass
+    raise error(f"Invalid Marker {marker!r}.")
+
+
+def install_role_last_used() -> None:
+    """A role's RoleLastUsed, when moto marks it used, as IAM reports it.
+
+    moto sets a role's last use to now (with microseconds) whenever a request
+    is signed with credentials of that role, and leaves its Region empty. Here
+    the date is whole seconds and the Region is the request's, so GetRole and
+    GetAccountAuthorizationDetails answer both, as IAM does.
+    """
+    from moto.iam import models
+
+    original = models.mark_account_as_visited
+
+    def mark_account_as_visited(account_id: str, access_key: str, service: str,
+                                region: str) -> None:
+        original(account_id=account_id, access_key=access_key, service=service, region=region)
+        backend = models.iam_backends[account_id]["aws"]
+        key = backend.access_keys.get(access_key)
+        if key is None or not key.role_arn:
+            return
+        try:
+            role = backend.get_role_by_arn(key.role_arn)
+        except models.NotFoundException:
+            return
+        if role.last_used is not None:
+            role.last_used = _utc_seconds(role.last_used)
+            role.last_used_region = region
+
+    models.mark_account_as_visited = mark_account_as_visited
 
 
 # --------------------------------------------------------------------------
@@ -856,14 +1302,23 @@ def _trail_date(iso: str) -> str:
 
 
 def response_elements(action: str, body: str) -> dict | None:
-    """The response as CloudTrail records it: only CreateUser and CreateAccessKey
-    here (never the secret key); None for every other action."""
-    if action not in ("CreateUser", "CreateAccessKey"):
+    """The response as CloudTrail records it: only CreateUser, CreateAccessKey and
+    CreateRole here (never the secret key); None for every other action."""
+    if action not in ("CreateUser", "CreateAccessKey", "CreateRole"):
         return None
     from xml.etree import ElementTree
 
+    root = ElementTree.fromstring(body)
+    if action == "CreateRole":
+        # The role's own fields, not those nested in Tags or RoleLastUsed.
+        role = next(el for el in root.iter() if el.tag.rpartition("}")[2] == "Role")
+        f = {el.tag.rpartition("}")[2]: el.text for el in role}
+        return {"role": {"path": f["Path"], "roleName": f["RoleName"], "roleId": f["RoleId"],
+                         "arn": f["Arn"], "createDate": _trail_date(f["CreateDate"]),
+                         # URL-encoded, as IAM returns it and CloudTrail records it
+                         "assumeRolePolicyDocument": f["AssumeRolePolicyDocument"]}}
     # Both results are flat: one element per field, whatever the namespace.
-    f = {el.tag.rpartition("}")[2]: el.text for el in ElementTree.fromstring(body).iter()}
+    f = {el.tag.rpartition("}")[2]: el.text for el in root.iter()}
     if action == "CreateUser":
         return {"user": {"path": f["Path"], "userName": f["UserName"], "userId": f["UserId"],
                          "arn": f["Arn"], "createDate": _trail_date(f["CreateDate"])}}
@@ -941,6 +1396,11 @@ def iam_event(resp, when: int, body: str, error: tuple[str, str] | None) -> dict
     key_id = params.get("AccessKeyId") or created.get("accessKeyId")
     if key_id:
         resources.append({"ResourceType": "AWS::IAM::AccessKey", "ResourceName": key_id})
+    role_name = params.get("RoleName") or created.get("roleName")
+    if role_name:
+        resources.append({"ResourceType": "AWS::IAM::Role", "ResourceName": role_name})
+    if params.get("PolicyArn"):
+        resources.append({"ResourceType": "AWS::IAM::Policy", "ResourceName": params["PolicyArn"]})
     return {"EventId": event_id, "EventName": action, "ReadOnly": str(read_only).lower(),
             "AccessKeyId": key, "EventTime": when, "EventSource": IAM_EVENT_SOURCE,
             "Username": username, "Resources": resources,
@@ -1096,6 +1556,9 @@ def seed_member_account(spec: AccountSpec, main_account: str, policy: dict | Non
     if policy is not None:
         backend.put_role_policy(spec.role_name, "iam-key-exporter", json.dumps(policy))
     described_account = {"account_id": spec.account_id, "role_arn": role.arn, "users": described}
+    if spec.roles is not None:
+        described_account["roles"], services = seed_roles(spec.account_id, spec.roles, now)
+        services_by_arn.update(services)
     return described_account, services_by_arn
 
 
@@ -1416,6 +1879,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bench-users", type=int, metavar="N",
                         help="also seed N generated users with 2 keys each; the JSON line "
                              "then only has counts")
+    parser.add_argument("--bench-roles", type=int, metavar="N",
+                        help="also seed N generated roles in the main account; the JSON line "
+                             "then only has counts")
     parser.add_argument("--bench-job-polls", type=int, default=0, metavar="N",
                         help="the generated users' service-last-accessed jobs answer "
                              "IN_PROGRESS to their first N polls (default 0: done at once)")
@@ -1432,10 +1898,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ignore-stdin", action="store_true",
                         help="do not exit on stdin EOF (for manual use, e.g. in the background)")
     args = parser.parse_args(argv)
-    if args.scenario is None and args.bench_users is None:
-        parser.error("--scenario is required unless --bench-users is given")
+    if args.scenario is None and args.bench_users is None and args.bench_roles is None:
+        parser.error("--scenario is required unless --bench-users or --bench-roles is given")
     if args.bench_users is not None and args.bench_users < 1:
         parser.error("--bench-users must be at least 1")
+    if args.bench_roles is not None and args.bench_roles < 1:
+        parser.error("--bench-roles must be at least 1")
     if args.bench_accounts is not None and args.bench_users is None:
         parser.error("--bench-accounts needs --bench-users")
     if args.bench_accounts is not None and not 1 <= args.bench_accounts <= MAX_BENCH_ACCOUNTS:
@@ -1462,6 +1930,11 @@ def main(argv: list[str] | None = None) -> int:
             if taken & {u.name for u in bench}:
                 raise ScenarioError("user names clash with --bench-users (bench-user-NNNNN)")
             scenario.users += bench
+        if args.bench_roles:
+            bench = bench_roles(args.bench_roles, args.bench_job_polls)
+            if {r.name.lower() for r in scenario.roles or []} & {r.name for r in bench}:
+                raise ScenarioError("role names clash with --bench-roles (bench-role-NNNNN)")
+            scenario.roles = (scenario.roles or []) + bench
         if args.bench_accounts:
             members = bench_accounts(args.bench_accounts, args.bench_users, args.bench_job_polls)
             taken = ({scenario.account_id} | {a.account_id for a in scenario.accounts}
@@ -1497,6 +1970,15 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     described, services_by_arn = seed(account_id, scenario.users, now)
     log.info("seeded %d users in %.2f s", len(described), time.monotonic() - started)
+    roles: list[dict] = []
+    try:
+        if scenario.roles:
+            roles, services = seed_roles(account_id, scenario.roles, now)
+            services_by_arn.update(services)
+            log.info("seeded %d roles in %.2f s", len(roles), time.monotonic() - started)
+    except ScenarioError as exc:
+        log.error("invalid scenario %s: %s", args.scenario, exc)
+        return 2
     if scenario.report_generated_hours_ago is not None:
         preset_credential_report(iam_backends[account_id]["aws"],
                                  now - timedelta(hours=scenario.report_generated_hours_ago))
@@ -1508,10 +1990,14 @@ def main(argv: list[str] | None = None) -> int:
         role_policy = (scenario.auth.policy if scenario.auth is not None
                        else _load_policy(EXPORTER_POLICY, "exporter policy"))
     accounts = []
-    for spec in scenario.accounts:
-        account, services = seed_member_account(spec, account_id, role_policy, now)
-        accounts.append(account)
-        services_by_arn.update(services)
+    try:
+        for spec in scenario.accounts:
+            account, services = seed_member_account(spec, account_id, role_policy, now)
+            accounts.append(account)
+            services_by_arn.update(services)
+    except ScenarioError as exc:
+        log.error("invalid scenario %s: %s", args.scenario, exc)
+        return 2
     organization = None
     if scenario.organization:
         organization = seed_organization(
@@ -1527,6 +2013,8 @@ def main(argv: list[str] | None = None) -> int:
         services_by_arn.update(services)
 
     install_service_last_accessed(services_by_arn)
+    install_account_authorization_details()
+    install_role_last_used()
     install_credential_report()
     install_organizations()
     install_event_history(args.cloudtrail_delay)
@@ -1547,13 +2035,18 @@ def main(argv: list[str] | None = None) -> int:
     endpoint = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
     line: dict[str, Any] = {"endpoint": endpoint, "account_id": account_id, "users": described}
+    if scenario.roles is not None:
+        line["roles"] = roles
     if scenario.accounts:
         line["accounts"] = accounts
     if organization is not None:
         line["organization"] = organization
-    if args.bench_users:  # thousands of users: counts only
+    if args.bench_users or args.bench_roles:  # thousands of users or roles: counts only
         everyone = described + [u for a in accounts for u in a["users"]]
         line.update(users=len(everyone), keys=sum(len(u["keys"]) for u in everyone))
+        if scenario.roles is not None or any("roles" in a for a in accounts):
+            line.pop("roles", None)  # after the key count
+            line["roles"] = len(roles) + sum(len(a.get("roles", [])) for a in accounts)
         if scenario.accounts:
             line.update(accounts=len(accounts), organization={
                 "accounts": len(organization["accounts"]),
@@ -1563,8 +2056,9 @@ def main(argv: list[str] | None = None) -> int:
         line["credentials"] = credentials
     real_stdout.write(json.dumps(line) + "\n")
     real_stdout.flush()
-    log.info("serving %d users on %s", len(described) + sum(len(a["users"]) for a in accounts),
-             endpoint)
+    log.info("serving %d users and %d roles on %s",
+             len(described) + sum(len(a["users"]) for a in accounts),
+             len(roles) + sum(len(a.get("roles", [])) for a in accounts), endpoint)
 
     why = wait_for_shutdown(watch_stdin=not args.ignore_stdin)
     log.info("%s: stopping", why)

@@ -1,5 +1,6 @@
 """Self-test of moto_server.py: user tags, member accounts, organization, auth mode,
-CloudTrail event history and the bench organization.
+CloudTrail event history, the bench organization, and roles (GetAccountAuthorizationDetails
+paging, RoleLastUsed, service-last-accessed jobs for roles, ACTION_LEVEL jobs, bench roles).
 
 Run with the peer venv (moto[server] 5.2.5 and boto3):
 
@@ -206,8 +207,13 @@ class ScenarioValidation(unittest.TestCase):
 class SingleAccount(unittest.TestCase):
     def test_existing_scenario_keeps_its_output(self) -> None:
         with Peer(HERE / "sample-inventory.json") as peer:
-            self.assertEqual(set(peer.line), {"endpoint", "account_id", "users"})
+            self.assertEqual(set(peer.line), {"endpoint", "account_id", "users", "roles"})
             self.assertTrue(all(u["tags"] == {} for u in peer.line["users"]))
+            # Users' service entries have no tracked actions: no action members.
+            for user in peer.line["users"]:
+                for entry in user["services"]:
+                    self.assertEqual(set(entry), {"namespace", "name", "last_authenticated",
+                                                  "region"})
             orgs = peer.client("organizations")
             self.assertEqual(error_code(orgs.list_accounts), "AWSOrganizationsNotInUseException")
 
@@ -430,8 +436,17 @@ class AuthMode(unittest.TestCase):
                 RoleArn=role, RoleSessionName="peer-test", ExternalId=external_id(self.ACCOUNT)),
             "organizations:ListAccounts": lambda: orgs.list_accounts(),
             "cloudtrail:LookupEvents": lambda: trail.lookup_events(LookupAttributes=IAM_SOURCE),
+            "iam:GetAccountAuthorizationDetails":
+                lambda: iam.get_account_authorization_details(Filter=["Role"]),
             "sts:GetCallerIdentity": lambda: sts.get_caller_identity(),
         }
+
+    def policy_calls(self, peer: Peer) -> dict:
+        """`calls` for the actions the policy files grant (and GetCallerIdentity)."""
+        known = self.calls(peer)
+        wanted = set(EXPORTER_ACTIONS + HUB_ACTIONS) | {"sts:GetCallerIdentity"}
+        self.assertEqual(wanted - set(known), set(), "policy actions without a call here")
+        return {action: call for action, call in known.items() if action in wanted}
 
     def member_calls(self, peer: Peer) -> dict:
         """The exporter policy's actions made with the member role's credentials."""
@@ -473,7 +488,14 @@ class AuthMode(unittest.TestCase):
                 lambda: iam.get_service_last_accessed_details(JobId=job()),
             "sts:GetAccessKeyInfo": lambda: sts.get_access_key_info(AccessKeyId=key),
             "cloudtrail:LookupEvents": lambda: trail.lookup_events(LookupAttributes=IAM_SOURCE),
+            "iam:GetAccountAuthorizationDetails":
+                lambda: iam.get_account_authorization_details(Filter=["Role"]),
         }
+
+    def member_policy_calls(self, peer: Peer) -> dict:
+        """`member_calls` for the actions of the exporter's policy file."""
+        return {action: call for action, call in self.member_calls(peer).items()
+                if action in EXPORTER_ACTIONS}
 
     def test_every_action_is_enforced(self) -> None:
         actions = EXPORTER_ACTIONS + HUB_ACTIONS
@@ -481,14 +503,14 @@ class AuthMode(unittest.TestCase):
             creds = peer.line["credentials"]
             self.assertEqual(creds["user_name"], "iam-key-exporter")
             self.assertEqual(creds["arn"], "arn:aws:iam::123456789012:user/iam-key-exporter")
-            calls = self.calls(peer)
+            calls = self.policy_calls(peer)
             self.assertEqual(set(calls), set(actions) | {"sts:GetCallerIdentity"})
             # The first request of all is checked: seeding used up no allowance.
             self.assertEqual(error_code(peer.client("iam").list_users), "InvalidClientTokenId")
             for action, call in calls.items():
                 with self.subTest(granted=action):
                     self.assertIsNone(error_code(call))
-            for action, call in self.member_calls(peer).items():
+            for action, call in self.member_policy_calls(peer).items():
                 with self.subTest(granted_to_member_role=action):
                     self.assertIsNone(error_code(call))
 
@@ -499,20 +521,20 @@ class AuthMode(unittest.TestCase):
                 self.check_removed(removed, peer.ready())
 
         with Peer(self.scenario(actions)) as peer:  # no policy at all
-            for action, call in self.calls(peer).items():
+            for action, call in self.policy_calls(peer).items():
                 with self.subTest(everything_removed=action):
                     expected = None if action == "sts:GetCallerIdentity" else denied_code(action)
                     self.assertEqual(error_code(call), expected)
 
     def check_removed(self, removed: str, peer: Peer) -> None:
         with self.subTest(removed=removed):
-            calls = self.calls(peer)
+            calls = self.policy_calls(peer)
             denied = denied_code(removed)
             self.assertEqual(error_code(calls.pop(removed)), denied)
             for action, call in calls.items():  # only that one is gone
                 self.assertNotIn(error_code(call), DENIED, action)
             if removed in EXPORTER_ACTIONS:  # the member role lost it too
-                member = self.member_calls(peer)
+                member = self.member_policy_calls(peer)
                 self.assertEqual(error_code(member.pop(removed)), denied)
                 for action, call in member.items():
                     self.assertNotIn(error_code(call), DENIED, action)
@@ -520,8 +542,10 @@ class AuthMode(unittest.TestCase):
     def test_user_scoped_statements_match_the_user_arn(self) -> None:
         policy = json.loads((REPO / "config" / "iam-policy.json").read_text())
         for st in policy["Statement"]:
-            if st["Resource"] == "arn:aws:iam::*:user/*":
-                st["Resource"] = "arn:aws:iam::*:user/automation/*"
+            narrow = lambda r: ("arn:aws:iam::*:user/automation/*"  # noqa: E731
+                                if r == "arn:aws:iam::*:user/*" else r)
+            st["Resource"] = ([narrow(r) for r in st["Resource"]]
+                              if isinstance(st["Resource"], list) else narrow(st["Resource"]))
         with tempfile.NamedTemporaryFile("w", suffix=".json") as f:
             json.dump(policy, f)
             f.flush()
@@ -823,6 +847,498 @@ class BenchOrganization(unittest.TestCase):
                         self.assertEqual(
                             len(iam.list_access_keys(UserName=u["UserName"])["AccessKeyMetadata"]),
                             2)
+
+
+SAMPLE = json.loads((HERE / "sample-inventory.json").read_text())
+TRUST_EC2 = json.dumps({"Version": "2012-10-17", "Statement": [{
+    "Effect": "Allow", "Principal": {"Service": "ec2.amazonaws.com"}, "Action": "sts:AssumeRole"}]})
+ROLE_POLICY = json.dumps({"Version": "2012-10-17", "Statement": [
+    {"Effect": "Allow", "Action": "s3:ListAllMyBuckets", "Resource": "*"}]})
+
+
+def job_result(iam, arn: str, granularity: str = "SERVICE_LEVEL", polls: int = 5) -> dict:
+    """A service-last-accessed job of `arn`, polled until it is done."""
+    job = iam.generate_service_last_accessed_details(Arn=arn, Granularity=granularity)["JobId"]
+    for _ in range(polls):
+        result = iam.get_service_last_accessed_details(JobId=job)
+        if result["JobStatus"] != "IN_PROGRESS":
+            return result
+    raise AssertionError(f"job of {arn} still IN_PROGRESS after {polls} polls")
+
+
+def role_details(iam, **kw) -> list[dict]:
+    """Every RoleDetail of GetAccountAuthorizationDetails(Filter=Role), all pages."""
+    pages = iam.get_paginator("get_account_authorization_details").paginate(
+        Filter=["Role"], **kw)
+    return [r for page in pages for r in page["RoleDetailList"]]
+
+
+def raw_responses(client) -> list[str]:
+    """The bodies of the client's responses, as they arrive."""
+    bodies: list[str] = []
+    client.meta.events.register("after-call.*.*",
+                                lambda http_response, **_: bodies.append(http_response.text))
+    return bodies
+
+
+class Roles(unittest.TestCase):
+    """The sample's roles: seeding, GetAccountAuthorizationDetails, GetRole, jobs."""
+
+    peer: Peer
+
+    @classmethod
+    def setUpClass(cls) -> None:
+        cls.peer = Peer(HERE / "sample-inventory.json")
+        cls.roles = {r["name"]: r for r in cls.peer.line["roles"]}
+
+    @classmethod
+    def tearDownClass(cls) -> None:
+        assert cls.peer.close() == 0, cls.peer.stderr
+
+    def test_seeded_report(self) -> None:
+        line, now = self.peer.line, server_time(self.peer)
+        self.assertEqual([r["name"] for r in line["roles"]],
+                         [r["name"] for r in SAMPLE["roles"]])
+        for spec in SAMPLE["roles"]:
+            with self.subTest(spec["name"]):
+                role = self.roles[spec["name"]]
+                path = spec.get("path", "/")
+                self.assertEqual(role["path"], path)
+                self.assertEqual(role["arn"], f"arn:aws:iam::123456789012:role{path}{spec['name']}")
+                self.assertTrue(role["role_id"].startswith("AROA"))
+                self.assertEqual(role["create_date"] % 1, 0)  # whole seconds
+                self.assertAlmostEqual((now - role["create_date"]) / 86400,
+                                       spec["created_days_ago"], delta=0.01)
+                self.assertEqual(role["service_linked"], path.startswith("/aws-service-role/"))
+                self.assertEqual(role["tags"], spec.get("tags", {}))
+                if spec.get("last_used_days_ago") is None:
+                    self.assertEqual((role["last_used_date"], role["last_used_region"]),
+                                     (None, None))
+                else:
+                    self.assertAlmostEqual((now - role["last_used_date"]) / 86400,
+                                           spec["last_used_days_ago"], delta=0.01)
+                    self.assertEqual(role["last_used_region"], spec["last_used_region"])
+        # The six kinds the sample promises.
+        self.assertIsNotNone(self.roles["app-backend"]["last_used_date"])
+        self.assertAlmostEqual((now - self.roles["batch-reports"]["last_used_date"]) / 86400,
+                               120, delta=0.01)
+        self.assertIsNone(self.roles["legacy-import"]["last_used_date"])
+        self.assertIsNone(self.roles["new-pipeline"]["last_used_date"])
+        self.assertEqual(self.roles["AWSServiceRoleForSupport"]["path"],
+                         "/aws-service-role/support.amazonaws.com/")
+        self.assertEqual(self.roles["analytics-reader"]["tags"],
+                         {"team": "data", "owner": "dana@example.com"})
+        app = self.roles["app-backend"]
+        self.assertEqual((app["services_granted"], app["services_accessed"]), (5, 4))
+        self.assertEqual(sum(e.get("actions_granted", 0) for e in app["services"]), 12)
+        self.assertEqual(sum(e.get("actions_accessed", 0) for e in app["services"]), 4)
+        self.assertEqual(app["inline_policies"], ["app-backend"])
+
+    def test_authorization_details_serve_the_seeded_roles(self) -> None:
+        iam = self.peer.client("iam")
+        raw = raw_responses(iam)
+        page = iam.get_account_authorization_details(Filter=["Role"])
+        # MaxItems defaults to 100: the six roles in one page, no Marker.
+        self.assertFalse(page["IsTruncated"])
+        self.assertNotIn("Marker", page)
+        self.assertEqual((page["UserDetailList"], page["GroupDetailList"], page["Policies"]),
+                         ([], [], []))
+        details = {r["RoleName"]: r for r in page["RoleDetailList"]}
+        self.assertEqual(list(details), list(self.roles))  # creation order
+        for name, role in self.roles.items():
+            with self.subTest(name):
+                d = details[name]
+                self.assertEqual((d["RoleId"], d["Arn"], d["Path"]),
+                                 (role["role_id"], role["arn"], role["path"]))
+                self.assertEqual(d["CreateDate"].timestamp(), role["create_date"])
+                self.assertEqual({t["Key"]: t["Value"] for t in d.get("Tags", [])},
+                                 role["tags"])
+                used = d["RoleLastUsed"]
+                if role["last_used_date"] is None:
+                    self.assertEqual(used, {})  # <RoleLastUsed/>, as IAM sends it
+                else:
+                    self.assertEqual((used["LastUsedDate"].timestamp(), used["Region"]),
+                                     (role["last_used_date"], role["last_used_region"]))
+                # boto3 decodes IAM's URL-encoded policy documents.
+                statement = d["AssumeRolePolicyDocument"]["Statement"][0]
+                expected = ({"Service": "support.amazonaws.com"} if role["service_linked"]
+                            else {"AWS": "arn:aws:iam::123456789012:root"})
+                self.assertEqual(statement["Principal"], expected)
+                self.assertEqual([p["PolicyName"] for p in d["RolePolicyList"]],
+                                 role["inline_policies"])
+        body = raw[0]
+        self.assertIn("<RoleLastUsed/>", body)
+        self.assertIn("<AssumeRolePolicyDocument>%7B%22Version%22", body)
+        self.assertIn("<RoleLastUsed><LastUsedDate>", body)
+
+    def test_get_role_and_list_roles(self) -> None:
+        iam = self.peer.client("iam")
+        for name, role in self.roles.items():
+            with self.subTest(name):
+                got = iam.get_role(RoleName=name)["Role"]
+                used = got["RoleLastUsed"]
+                self.assertEqual(used.get("LastUsedDate") and used["LastUsedDate"].timestamp(),
+                                 role["last_used_date"])
+                self.assertEqual(used.get("Region"), role["last_used_region"])
+        # ListRoles never has RoleLastUsed or Tags (moto, as the API Reference says).
+        listed = iam.list_roles()["Roles"]
+        self.assertEqual({r["RoleName"] for r in listed}, set(self.roles))
+        self.assertTrue(all("RoleLastUsed" not in r and "Tags" not in r for r in listed))
+
+    def test_service_level_jobs_of_roles(self) -> None:
+        iam = self.peer.client("iam")
+        for name, role in self.roles.items():
+            with self.subTest(name):
+                result = job_result(iam, role["arn"])
+                self.assertEqual((result["JobStatus"], result["JobType"]),
+                                 ("COMPLETED", "SERVICE_LEVEL"))
+                entries = result["ServicesLastAccessed"]
+                self.assertEqual([e["ServiceNamespace"] for e in entries],
+                                 [e["namespace"] for e in role["services"]])
+                self.assertEqual(len(entries), role["services_granted"])
+                self.assertEqual(sum(1 for e in entries if "LastAuthenticated" in e),
+                                 role["services_accessed"])
+                for got, seeded in zip(entries, role["services"]):
+                    self.assertNotIn("TrackedActionsLastAccessed", got)
+                    if seeded["last_authenticated"] is None:
+                        self.assertEqual(got["TotalAuthenticatedEntities"], 0)
+                        continue
+                    self.assertEqual(got["LastAuthenticated"].timestamp(),
+                                     seeded["last_authenticated"])
+                    self.assertEqual((got["LastAuthenticatedEntity"],
+                                      got["LastAuthenticatedRegion"]),
+                                     (role["arn"], seeded["region"]))
+
+    def test_action_level_jobs(self) -> None:
+        iam = self.peer.client("iam")
+        app = self.roles["app-backend"]
+        result = job_result(iam, app["arn"], "ACTION_LEVEL")
+        self.assertEqual(result["JobType"], "ACTION_LEVEL")
+        listed = {e["ServiceNamespace"]: e.get("TrackedActionsLastAccessed")
+                  for e in result["ServicesLastAccessed"]}
+        # Listed when at least one tracked action was used: not lambda (none used), not
+        # sqs (no tracked actions seeded).
+        self.assertEqual({ns for ns, actions in listed.items() if actions is not None},
+                         {"ec2", "iam", "s3"})
+        counts = {ns: (len(a), sum(1 for x in a if "LastAccessedTime" in x))
+                  for ns, a in listed.items() if a is not None}
+        self.assertEqual(counts, {"ec2": (3, 1), "iam": (3, 1), "s3": (4, 2)})
+        for seeded in app["services"]:
+            actions = listed[seeded["namespace"]]
+            if actions is None:
+                self.assertEqual(seeded.get("actions_accessed", 0), 0)
+                continue
+            self.assertEqual([a["ActionName"] for a in actions],
+                             [a["name"] for a in seeded["actions"]])
+            for got, want in zip(actions, seeded["actions"]):
+                if want["last_accessed"] is None:
+                    self.assertEqual(got, {"ActionName": want["name"]})
+                else:
+                    self.assertEqual(got["LastAccessedTime"].timestamp(), want["last_accessed"])
+                    self.assertEqual((got["LastAccessedEntity"], got["LastAccessedRegion"]),
+                                     (app["arn"], want["region"]))
+        # Every role and user: the actions listed are exactly those the seeded report
+        # says, for the services with a used one.
+        everyone = list(self.roles.values()) + [
+            u for u in self.peer.line["users"] if u["service_job"] == "completed"]
+        for principal in everyone:
+            with self.subTest(principal["arn"]):
+                got = job_result(iam, principal["arn"], "ACTION_LEVEL")["ServicesLastAccessed"]
+                served = {e["ServiceNamespace"]: len(e.get("TrackedActionsLastAccessed", []))
+                          for e in got}
+                expected = {e["namespace"]: (e["actions_granted"]
+                                             if e.get("actions_accessed") else 0)
+                            for e in principal["services"]}
+                self.assertEqual(served, expected)
+        # The API Reference's enum: anything else is a ValidationError.
+        self.assertEqual(error_code(lambda: iam.generate_service_last_accessed_details(
+            Arn=app["arn"], Granularity="RESOURCE_LEVEL")), "ValidationError")
+
+    def test_jobs_for_roles_made_at_run_time(self) -> None:
+        iam = self.peer.client("iam")
+        arn = iam.create_role(RoleName="runtime-role", AssumeRolePolicyDocument=TRUST_EC2)[
+            "Role"]["Arn"]
+        try:
+            job = iam.generate_service_last_accessed_details(Arn=arn)["JobId"]
+            first = iam.get_service_last_accessed_details(JobId=job)
+            self.assertEqual(first["JobStatus"], "IN_PROGRESS")
+            done = iam.get_service_last_accessed_details(JobId=job)
+            self.assertEqual((done["JobStatus"], done["ServicesLastAccessed"]), ("COMPLETED", []))
+        finally:
+            iam.delete_role(RoleName="runtime-role")
+        self.assertEqual(error_code(lambda: iam.generate_service_last_accessed_details(Arn=arn)),
+                         "NoSuchEntity")
+
+
+class AuthorizationDetailsPaging(unittest.TestCase):
+    def test_max_items_2_over_5_roles(self) -> None:
+        scenario = {"users": [{"name": f"u{n}", "created_days_ago": 5} for n in range(3)],
+                    "roles": [{"name": f"role-{n}", "created_days_ago": 10 + n}
+                              for n in range(5)]}
+        with Peer(scenario) as peer:
+            iam = peer.client("iam")
+            pages, marker = [], {}
+            while True:
+                page = iam.get_account_authorization_details(Filter=["Role"], MaxItems=2,
+                                                             **marker)
+                pages.append([r["RoleName"] for r in page["RoleDetailList"]])
+                self.assertEqual(page["IsTruncated"], "Marker" in page)
+                if not page["IsTruncated"]:
+                    break
+                marker = {"Marker": page["Marker"]}
+            self.assertEqual(pages, [["role-0", "role-1"], ["role-2", "role-3"], ["role-4"]])
+            self.assertEqual([r["RoleName"] for r in role_details(
+                iam, PaginationConfig={"PageSize": 2})], [f"role-{n}" for n in range(5)])
+            # MaxItems counts across the lists, in response order: users, then roles.
+            both = iam.get_account_authorization_details(Filter=["User", "Role"], MaxItems=4)
+            self.assertEqual(([u["UserName"] for u in both["UserDetailList"]],
+                              [r["RoleName"] for r in both["RoleDetailList"]]),
+                             (["u0", "u1", "u2"], ["role-0"]))
+            rest = iam.get_account_authorization_details(Filter=["User", "Role"], MaxItems=4,
+                                                         Marker=both["Marker"])
+            self.assertEqual((rest["UserDetailList"], len(rest["RoleDetailList"]),
+                              rest["IsTruncated"]), ([], 4, False))
+            users = iam.get_account_authorization_details(Filter=["User"], MaxItems=2)
+            self.assertEqual((len(users["UserDetailList"]), users["RoleDetailList"]), (2, []))
+            # Errors, as HTTP 400.
+            for kw, code in ((dict(MaxItems=1001), "ValidationError"),
+                             (dict(Filter=["Roles"]), "ValidationError"),
+                             (dict(Marker="bogus"), "InvalidInput"),
+                             # A Marker continues only the Filter it came from.
+                             (dict(Filter=["User"], Marker=both["Marker"]), "InvalidInput")):
+                with self.subTest(**kw):
+                    with self.assertRaises(ClientError) as raised:
+                        iam.get_account_authorization_details(**kw)
+                    error = raised.exception.response
+                    self.assertEqual((error["Error"]["Code"],
+                                      error["ResponseMetadata"]["HTTPStatusCode"]), (code, 400))
+
+
+class RoleValidation(unittest.TestCase):
+    rejected = ScenarioValidation.rejected
+
+    def test_role_errors_name_the_path(self) -> None:
+        def role(**kw) -> dict:
+            return {"users": [], "roles": [{"name": "r", "created_days_ago": 10, **kw}]}
+
+        s3 = lambda **kw: {"namespace": "s3", "name": "Amazon S3", **kw}  # noqa: E731
+        cases = [
+            (role(lastUsed=1), "roles[0]: unknown field(s) ['lastUsed']"),
+            (role(name="no spaces"), "roles[0].name: not a valid IAM role name"),
+            (role(path="/aws-service-role/x/"), "roles[0].path: a service-linked role's path"),
+            (role(last_used_days_ago=401), "roles[0].last_used_days_ago: IAM reports"),
+            (role(last_used_days_ago=11), "roles[0].last_used_days_ago (11.0 days ago) predates"),
+            (role(last_used_region="eu-west-1"), "roles[0].last_used_region: needs"),
+            (role(trusted_service="ec2"), "roles[0].trusted_service: a service principal"),
+            (role(tags={"aws:x": "y"}), "roles[0].tags: key 'aws:x'"),
+            (role(inline_policies={"p": {}}), "roles[0].inline_policies.p: expected"),
+            (role(services={"entries": [s3(last_authenticated_days_ago=1)]}),
+             "roles[0].services.entries[0].last_authenticated_days_ago: a service accessed"),
+            (role(services={"entries": [{"namespace": "sqs", "name": "Amazon SQS",
+                                         "actions": []}]}),
+             "roles[0].services.entries[0].actions: IAM does not report actions of 'sqs'"),
+            (role(services={"entries": [s3(actions=[{"name": "s3:GetObject"}])]}),
+             "roles[0].services.entries[0].actions[0].name: an action name"),
+            (role(last_used_days_ago=1, services={"entries": [s3(
+                last_authenticated_days_ago=5,
+                actions=[{"name": "CreateBucket", "last_accessed_days_ago": 2}])]}),
+             "actions[0].last_accessed_days_ago (2.0) is more recent"),
+            (role(services={"entries": [s3(actions=[{"name": "CreateBucket",
+                                                      "last_accessed_days_ago": 2}])]}),
+             "actions[0].last_accessed_days_ago: the service entry needs"),
+            (role(services={"entries": [s3(), s3()]}),
+             "roles[0].services.entries[1].namespace: 's3' is listed twice"),
+            ({"users": [], "roles": [{"name": "r", "created_days_ago": 1},
+                                     {"name": "R", "created_days_ago": 1}]},
+             "roles[1].name: duplicate role 'R'"),
+        ]
+        member = copy.deepcopy(MULTI)
+        member["accounts"][0]["roles"] = [{"name": "iam-key-exporter", "created_days_ago": 1}]
+        cases.append((member, "accounts[0].roles[0].name: 'iam-key-exporter' is a role the "
+                              "peer creates"))
+        for scenario, message in cases:
+            with self.subTest(message):
+                self.rejected(scenario, message)
+
+
+class MemberAccountRoles(unittest.TestCase):
+    def test_roles_of_a_member_account(self) -> None:
+        scenario = copy.deepcopy(MULTI)
+        scenario["accounts"][0]["roles"] = [
+            {"name": "etl-runner", "path": "/data/", "created_days_ago": 90,
+             "last_used_days_ago": 1, "last_used_region": "eu-central-1",
+             "tags": {"team": "data"}}]
+        with Peer(scenario) as peer:
+            self.assertNotIn("roles", peer.line)  # the main account has none in the scenario
+            member, other = peer.line["accounts"]
+            self.assertNotIn("roles", other)
+            (etl,) = member["roles"]
+            self.assertEqual(etl["arn"], "arn:aws:iam::210987654321:role/data/etl-runner")
+            creds = assumed(peer.client("sts"), member["role_arn"])
+            iam = peer.client("iam", creds)
+            details = {r["RoleName"]: r for r in role_details(iam)}
+            # The exporter's role, the scenario's, and moto's organization role.
+            self.assertEqual(list(details), ["iam-key-exporter", "etl-runner",
+                                             "OrganizationAccountAccessRole"])
+            self.assertEqual(details["etl-runner"]["RoleLastUsed"]["LastUsedDate"].timestamp(),
+                             etl["last_used_date"])
+            # The role the exporter signs with is used now: whole seconds, the region.
+            used = details["iam-key-exporter"]["RoleLastUsed"]
+            self.assertEqual(used["Region"], "us-east-1")
+            self.assertEqual(used["LastUsedDate"].microsecond, 0)
+            self.assertLess(abs(used["LastUsedDate"].timestamp() - server_time(peer)), 60)
+            # Its job: completed without entries; the main account sees no member role.
+            self.assertEqual(job_result(iam, member["role_arn"])["ServicesLastAccessed"], [])
+            self.assertEqual(error_code(lambda: peer.client("iam")
+                                        .generate_service_last_accessed_details(Arn=etl["arn"])),
+                             "NoSuchEntity")
+            self.assertEqual(role_details(peer.client("iam")), [])
+
+
+class RoleEvents(unittest.TestCase):
+    def test_role_writes_are_recorded(self) -> None:
+        with Peer(HERE / "sample-inventory.json") as peer:
+            iam = peer.client("iam")
+            created = iam.create_role(RoleName="deployer", Path="/ci/",
+                                      AssumeRolePolicyDocument=TRUST_EC2,
+                                      Tags=[{"Key": "team", "Value": "platform"}])["Role"]
+            iam.tag_role(RoleName="deployer", Tags=[{"Key": "owner", "Value": "o"}])
+            iam.untag_role(RoleName="deployer", TagKeys=["owner"])
+            iam.update_role(RoleName="deployer", Description="ci", MaxSessionDuration=7200)
+            iam.update_assume_role_policy(RoleName="deployer", PolicyDocument=TRUST_EC2)
+            iam.put_role_policy(RoleName="deployer", PolicyName="list", PolicyDocument=ROLE_POLICY)
+            policy = iam.create_policy(PolicyName="list", PolicyDocument=ROLE_POLICY)["Policy"]
+            iam.attach_role_policy(RoleName="deployer", PolicyArn=policy["Arn"])
+            iam.detach_role_policy(RoleName="deployer", PolicyArn=policy["Arn"])
+            iam.delete_role_policy(RoleName="deployer", PolicyName="list")
+            iam.delete_role(RoleName="deployer")
+            iam.get_account_authorization_details(Filter=["Role"], MaxItems=3)
+
+            events = peer.events(LookupAttributes=IAM_SOURCE)
+            names = [e["EventName"] for e in events][::-1]  # oldest first
+            self.assertEqual(names, [
+                "CreateRole", "TagRole", "UntagRole", "UpdateRole", "UpdateAssumeRolePolicy",
+                "PutRolePolicy", "CreatePolicy", "AttachRolePolicy", "DetachRolePolicy",
+                "DeleteRolePolicy", "DeleteRole", "GetAccountAuthorizationDetails"])
+            by_name = {e["EventName"]: e for e in events}
+            for name, event in by_name.items():
+                record = trail_record(event)
+                with self.subTest(name):
+                    read = name == "GetAccountAuthorizationDetails"
+                    self.assertEqual((event["ReadOnly"], record["readOnly"]),
+                                     ("true" if read else "false", read))
+                    if name in ("CreatePolicy", "GetAccountAuthorizationDetails"):
+                        continue
+                    self.assertEqual(record["requestParameters"]["roleName"], "deployer")
+                    self.assertIn({"ResourceType": "AWS::IAM::Role", "ResourceName": "deployer"},
+                                  event["Resources"])
+            params = lambda name: trail_record(by_name[name])["requestParameters"]  # noqa: E731
+            self.assertEqual(params("CreateRole"), {
+                "roleName": "deployer", "path": "/ci/", "assumeRolePolicyDocument": TRUST_EC2,
+                "tags": [{"key": "team", "value": "platform"}]})
+            self.assertEqual(params("TagRole"), {"roleName": "deployer",
+                                                 "tags": [{"key": "owner", "value": "o"}]})
+            self.assertEqual(params("UntagRole"), {"roleName": "deployer", "tagKeys": ["owner"]})
+            self.assertEqual(params("UpdateRole"), {"roleName": "deployer", "description": "ci",
+                                                    "maxSessionDuration": "7200"})
+            self.assertEqual(params("UpdateAssumeRolePolicy"),
+                             {"roleName": "deployer", "policyDocument": TRUST_EC2})
+            self.assertEqual(params("PutRolePolicy"), {"roleName": "deployer",
+                                                       "policyName": "list",
+                                                       "policyDocument": ROLE_POLICY})
+            self.assertEqual(params("DeleteRole"), {"roleName": "deployer"})
+            self.assertEqual(params("GetAccountAuthorizationDetails"),
+                             {"filter": ["Role"], "maxItems": "3"})
+            self.assertEqual(by_name["AttachRolePolicy"]["Resources"], [
+                {"ResourceType": "AWS::IAM::Role", "ResourceName": "deployer"},
+                {"ResourceType": "AWS::IAM::Policy", "ResourceName": policy["Arn"]}])
+            response = trail_record(by_name["CreateRole"])["responseElements"]["role"]
+            self.assertEqual({k: response[k] for k in ("path", "roleName", "roleId", "arn")},
+                             {"path": "/ci/", "roleName": "deployer",
+                              "roleId": created["RoleId"], "arn": created["Arn"]})
+            self.assertTrue(response["assumeRolePolicyDocument"].startswith("%7B"))
+            self.assertIsNone(trail_record(by_name["DeleteRole"])["responseElements"])
+
+
+class RolePermissions(unittest.TestCase):
+    """Auth mode: GetAccountAuthorizationDetails and role jobs are enforced by moto."""
+
+    def policy_file(self, role_jobs: bool) -> dict:
+        policy = json.loads((REPO / "config" / "iam-policy.json").read_text())
+        actions = {a.lower() for a in policy_actions(REPO / "config" / "iam-policy.json")}
+        if "iam:getaccountauthorizationdetails" not in actions:
+            policy["Statement"].append({"Sid": "ReadRoles", "Effect": "Allow",
+                                        "Action": "iam:GetAccountAuthorizationDetails",
+                                        "Resource": "*"})
+        if role_jobs:
+            policy["Statement"].append({"Sid": "RoleJobs", "Effect": "Allow",
+                                        "Action": "iam:GenerateServiceLastAccessedDetails",
+                                        "Resource": "arn:aws:iam::*:role/*"})
+        return policy
+
+    def test_enforced(self) -> None:
+        cases = [(True, []), (True, ["iam:GetAccountAuthorizationDetails"]), (False, [])]
+        with contextlib.ExitStack() as stack:
+            peers = []
+            for role_jobs, removed in cases:
+                f = stack.enter_context(tempfile.NamedTemporaryFile("w", suffix=".json"))
+                json.dump(self.policy_file(role_jobs), f)
+                f.flush()
+                scenario = copy.deepcopy(MULTI)
+                scenario["roles"] = SAMPLE["roles"]
+                scenario["auth"] = {"policy_file": f.name, "remove_actions": removed}
+                peers.append(stack.enter_context(Peer(scenario, wait=False)))
+            stack.callback(lambda: [p.proc.stdin.close() for p in peers])
+            for (role_jobs, removed), peer in zip(cases, peers):
+                peer.ready()
+                with self.subTest(role_jobs=role_jobs, removed=removed):
+                    creds = peer.line["credentials"]
+                    iam = peer.client("iam", {"aws_access_key_id": creds["access_key_id"],
+                                              "aws_secret_access_key": creds["secret_access_key"]})
+                    gaad = error_code(lambda: iam.get_account_authorization_details(
+                        Filter=["Role"]))
+                    self.assertEqual(gaad, "AccessDenied" if removed else None)
+                    role = peer.line["roles"][0]["arn"]
+                    job = error_code(lambda: iam.generate_service_last_accessed_details(Arn=role))
+                    self.assertEqual(job, None if role_jobs else "AccessDenied")
+                    # The user job's statement (user/*) still allows a user's job.
+                    self.assertIsNone(error_code(lambda: iam.generate_service_last_accessed_details(
+                        Arn=peer.line["users"][0]["arn"])))
+                    if removed:
+                        with self.assertRaises(ClientError) as raised:
+                            iam.get_account_authorization_details()
+                        self.assertEqual(
+                            raised.exception.response["ResponseMetadata"]["HTTPStatusCode"], 403)
+
+
+class BenchRoles(unittest.TestCase):
+    def test_bench_roles(self) -> None:
+        with Peer(None, args=("--bench-roles", "30", "--bench-job-polls", "1")) as peer:
+            self.assertEqual(peer.line | {"endpoint": None}, {
+                "endpoint": None, "account_id": "123456789012", "users": 0, "keys": 0,
+                "roles": 30})
+            iam = peer.client("iam")
+            roles = role_details(iam, PaginationConfig={"PageSize": 7})
+            self.assertEqual([r["RoleName"] for r in roles],
+                             [f"bench-role-{i:05d}" for i in range(30)])
+            linked = [r["RoleName"] for r in roles if r["Path"].startswith("/aws-service-role/")]
+            self.assertEqual(linked, ["bench-role-00000", "bench-role-00025"])
+            never = {r["RoleName"] for r in roles if "LastUsedDate" not in r["RoleLastUsed"]}
+            self.assertEqual(never, {f"bench-role-{i:05d}" for i in range(30)
+                                     if i % 3 == 0 or i % 25 == 0})
+            self.assertEqual(sum(1 for r in roles if r.get("Tags")), 14)  # even, not linked
+            now = server_time(peer)
+            for r in roles:
+                used = r["RoleLastUsed"].get("LastUsedDate")
+                self.assertTrue(used is None or now - used.timestamp() <= 400 * 86400)
+            role = roles[1]  # used: its first service accessed then
+            result = job_result(iam, role["Arn"], "ACTION_LEVEL")
+            first = result["ServicesLastAccessed"][0]
+            self.assertEqual(first["LastAuthenticated"], role["RoleLastUsed"]["LastUsedDate"])
+        clash = Peer({"users": [], "roles": [{"name": "bench-role-00003", "created_days_ago": 1}]},
+                     wait=False, args=("--bench-roles", "5"))
+        self.assertEqual(clash.close(), 2)
+        self.assertIn("role names clash with --bench-roles", clash.stderr)
 
 
 if __name__ == "__main__":
