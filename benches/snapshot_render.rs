@@ -58,6 +58,7 @@ fn account(id: &str, users: usize, tagged: bool) -> AccountData {
             User {
                 name: format!("user-{i:05}"),
                 arn,
+                created: Some(now - day * (60 + i as u32 % 900)),
                 keys,
                 login: None,
             }

@@ -32,6 +32,8 @@ pub struct Settings {
     pub organizations: OrganizationsSettings,
     pub shard: ShardSettings,
     pub tags: TagSettings,
+    pub roles: RoleSettings,
+    pub role_filter: RoleFilterSettings,
     pub change_feed: ChangeFeedSettings,
 }
 
@@ -88,6 +90,27 @@ pub struct TagSettings {
     /// How often every user's tags are read again; new users' tags are read at once.
     #[serde(deserialize_with = "duration")]
     pub interval: Duration,
+}
+
+/// Every role of each account (GetAccountAuthorizationDetails), read every `interval`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoleSettings {
+    pub enabled: bool,
+    #[serde(deserialize_with = "duration")]
+    pub interval: Duration,
+}
+
+/// Which IAM roles are watched, like `FilterSettings` for users.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoleFilterSettings {
+    /// IAM paths, e.g. "/aws-service-role/": a role is included when its path starts with one.
+    pub include_paths: Vec<String>,
+    pub exclude_paths: Vec<String>,
+    /// Role name patterns, `*` for any run of characters and `?` for one.
+    pub include_roles: Vec<String>,
+    pub exclude_roles: Vec<String>,
 }
 
 /// Which IAM users are watched. Empty lists mean no restriction; excludes win.
@@ -596,6 +619,7 @@ impl Settings {
             access.max_concurrent_jobs,
             "must be between 1 and 64",
         )?;
+        check_duration("roles.interval", self.roles.interval)?;
         self.validate_accounts()?;
         self.validate_tags()
     }

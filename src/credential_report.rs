@@ -480,6 +480,7 @@ impl ReportRow {
         User {
             name: self.user.clone(),
             arn: self.arn.clone(),
+            created: self.user_creation_time,
             keys: self
                 .keys
                 .iter()
@@ -650,6 +651,46 @@ mod tests {
         let bot = &rows[2];
         assert_eq!(bot.password_enabled, Some(false));
         assert_eq!(bot.keys[0].as_ref().unwrap().last_used, None);
+    }
+
+    /// `user_creation_time` is read as every other date column: the user's creation (on
+    /// the root row, the account's), none for a word meaning "no value", and a report
+    /// refused, naming the column, for anything else.
+    #[test]
+    fn user_creation_time_is_read_as_the_other_dates() {
+        let rows = parse(report(&[ROOT, ALICE]).as_bytes()).unwrap();
+        assert_eq!(rows[0].user_creation_time, Some(at(1_577_836_800)));
+        assert_eq!(rows[1].user_creation_time, Some(at(1_640_995_200)));
+        let inventory = inventory_by_slot(&rows, "123456789012".into(), None, at(0));
+        assert_eq!(inventory.users[0].created, Some(at(1_640_995_200)));
+        assert_eq!(
+            inventory.account.root.unwrap().created,
+            Some(at(1_577_836_800)),
+            "the account's creation"
+        );
+
+        let created = "2023-05-05T05:05:05+00:00";
+        for absent in ["N/A", "not_supported", "no_information", "n/a"] {
+            let row = BOT.replacen(created, absent, 1);
+            let rows = parse(report(&[&row]).as_bytes()).unwrap();
+            assert_eq!(rows[0].user_creation_time, None, "{absent}");
+            assert_eq!(rows[0].to_user_by_slot().created, None, "{absent}");
+        }
+        let offset = BOT.replacen(created, "2023-05-05T07:05:05+02:00", 1);
+        let rows = parse(report(&[&offset]).as_bytes()).unwrap();
+        assert_eq!(rows[0].user_creation_time, Some(at(1_683_263_105)));
+        for odd in ["2023-05-05", "", "yesterday"] {
+            let row = BOT.replacen(created, odd, 1);
+            assert_eq!(
+                parse(report(&[&row]).as_bytes()),
+                Err(ReportError::BadValue {
+                    line: 2,
+                    column: "user_creation_time",
+                    value: odd.into()
+                }),
+                "{odd:?}"
+            );
+        }
     }
 
     #[test]

@@ -22,15 +22,18 @@ pub enum Feature {
     ServiceAccess,
     /// CloudTrail's LookupEvents: without it every refresh lists every user.
     ChangeFeed,
+    /// GetAccountAuthorizationDetails: the roles and their last use.
+    Roles,
 }
 
 impl Feature {
-    pub const ALL: [Feature; 5] = [
+    pub const ALL: [Feature; 6] = [
         Feature::RootKeys,
         Feature::CredentialReport,
         Feature::Tags,
         Feature::ServiceAccess,
         Feature::ChangeFeed,
+        Feature::Roles,
     ];
 
     pub fn name(self) -> &'static str {
@@ -40,6 +43,7 @@ impl Feature {
             Feature::Tags => "tags",
             Feature::ServiceAccess => "service_access",
             Feature::ChangeFeed => "change_feed",
+            Feature::Roles => "roles",
         }
     }
 
@@ -53,6 +57,7 @@ impl Feature {
                 "iam:GenerateServiceLastAccessedDetails and iam:GetServiceLastAccessedDetails"
             }
             Feature::ChangeFeed => "cloudtrail:LookupEvents and iam:GetUser",
+            Feature::Roles => "iam:GetAccountAuthorizationDetails",
         }
     }
 }

@@ -1,42 +1,102 @@
-//! Which users are watched (`[filter]`), and how key ids are shown (`[labels]`). Pure.
+//! Which users (`[filter]`) and roles (`[role_filter]`) are watched, and how key ids are
+//! shown (`[labels]`). Pure.
 
-use crate::config::FilterSettings;
-use crate::inventory::Inventory;
+use crate::config::{FilterSettings, RoleFilterSettings};
+use crate::inventory::{Inventory, Role};
 
 #[derive(Debug, Clone, Default)]
 pub struct UserFilter {
-    settings: Option<FilterSettings>,
+    rules: Option<Rules>,
 }
 
 impl UserFilter {
     pub fn new(settings: &FilterSettings) -> UserFilter {
-        let empty = settings.include_paths.is_empty()
-            && settings.exclude_paths.is_empty()
-            && settings.include_users.is_empty()
-            && settings.exclude_users.is_empty();
         UserFilter {
-            settings: (!empty).then(|| settings.clone()),
+            rules: Rules::new(
+                &settings.include_paths,
+                &settings.exclude_paths,
+                &settings.include_users,
+                &settings.exclude_users,
+            ),
         }
     }
 
     /// True when the user named `name`, with ARN `arn`, is watched: it matches an include
     /// (when there are any) and no exclude.
     pub fn allows(&self, name: &str, arn: &str) -> bool {
-        let Some(s) = &self.settings else {
-            return true;
-        };
-        let path = path_of(arn);
-        let under = |prefixes: &[String]| prefixes.iter().any(|p| path.starts_with(p.as_str()));
-        let named = |patterns: &[String]| patterns.iter().any(|p| glob(p, name));
-        let included = (s.include_paths.is_empty() || under(&s.include_paths))
-            && (s.include_users.is_empty() || named(&s.include_users));
-        included && !under(&s.exclude_paths) && !named(&s.exclude_users)
+        self.rules
+            .as_ref()
+            .is_none_or(|rules| rules.allow(name, path_of(arn)))
     }
 
     /// Drops the users the filter does not allow. The root user is not an IAM user and
     /// always stays.
     pub fn apply(&self, inventory: &mut Inventory) {
         inventory.users.retain(|u| self.allows(&u.name, &u.arn));
+    }
+}
+
+/// Which roles are watched: the same rules as users', by the role's path and name.
+#[derive(Debug, Clone, Default)]
+pub struct RoleFilter {
+    rules: Option<Rules>,
+}
+
+impl RoleFilter {
+    pub fn new(settings: &RoleFilterSettings) -> RoleFilter {
+        RoleFilter {
+            rules: Rules::new(
+                &settings.include_paths,
+                &settings.exclude_paths,
+                &settings.include_roles,
+                &settings.exclude_roles,
+            ),
+        }
+    }
+
+    pub fn allows(&self, role: &Role) -> bool {
+        self.rules
+            .as_ref()
+            .is_none_or(|rules| rules.allow(&role.name, &role.path))
+    }
+}
+
+/// Includes and excludes by IAM path prefix and by name pattern. Empty lists mean no
+/// restriction; excludes win.
+#[derive(Debug, Clone)]
+struct Rules {
+    include_paths: Vec<String>,
+    exclude_paths: Vec<String>,
+    include_names: Vec<String>,
+    exclude_names: Vec<String>,
+}
+
+impl Rules {
+    /// None when every list is empty: everything is watched.
+    fn new(
+        include_paths: &[String],
+        exclude_paths: &[String],
+        include_names: &[String],
+        exclude_names: &[String],
+    ) -> Option<Rules> {
+        let empty = include_paths.is_empty()
+            && exclude_paths.is_empty()
+            && include_names.is_empty()
+            && exclude_names.is_empty();
+        (!empty).then(|| Rules {
+            include_paths: include_paths.to_vec(),
+            exclude_paths: exclude_paths.to_vec(),
+            include_names: include_names.to_vec(),
+            exclude_names: exclude_names.to_vec(),
+        })
+    }
+
+    fn allow(&self, name: &str, path: &str) -> bool {
+        let under = |prefixes: &[String]| prefixes.iter().any(|p| path.starts_with(p.as_str()));
+        let named = |patterns: &[String]| patterns.iter().any(|p| glob(p, name));
+        let included = (self.include_paths.is_empty() || under(&self.include_paths))
+            && (self.include_names.is_empty() || named(&self.include_names));
+        included && !under(&self.exclude_paths) && !named(&self.exclude_names)
     }
 }
 
@@ -139,5 +199,40 @@ mod tests {
         assert!(allows(&no_bots, ALICE) && !allows(&no_bots, CI));
         let both = settings(&["/"], &["/automation/"], &["*"], &["bob"]);
         assert!(allows(&both, ALICE) && !allows(&both, CI) && !allows(&both, ROOTED));
+    }
+
+    #[test]
+    fn roles_are_filtered_by_their_path_and_name() {
+        let role = |name: &str, path: &str| Role {
+            name: name.into(),
+            arn: format!("arn:aws:iam::123456789012:role{path}{name}"),
+            path: path.into(),
+            created: std::time::UNIX_EPOCH,
+            tags: vec![],
+            last_used: None,
+        };
+        let linked = role(
+            "AWSServiceRoleForSupport",
+            "/aws-service-role/support.amazonaws.com/",
+        );
+        let deployer = role("deployer", "/apps/");
+        let admin = role("OrganizationAccountAccessRole", "/");
+        let v = |x: &[&str]| x.iter().map(|s| s.to_string()).collect();
+        let filter = |ip: &[&str], ep: &[&str], ir: &[&str], er: &[&str]| {
+            RoleFilter::new(&RoleFilterSettings {
+                include_paths: v(ip),
+                exclude_paths: v(ep),
+                include_roles: v(ir),
+                exclude_roles: v(er),
+            })
+        };
+        let all = filter(&[], &[], &[], &[]);
+        assert!(all.allows(&linked) && all.allows(&deployer) && all.allows(&admin));
+        let no_linked = filter(&[], &["/aws-service-role/"], &[], &[]);
+        assert!(!no_linked.allows(&linked) && no_linked.allows(&deployer));
+        let apps = filter(&["/apps/"], &[], &[], &[]);
+        assert!(apps.allows(&deployer) && !apps.allows(&admin));
+        let not_admin = filter(&[], &[], &[], &["Organization*"]);
+        assert!(not_admin.allows(&deployer) && !not_admin.allows(&admin));
     }
 }

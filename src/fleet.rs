@@ -50,6 +50,10 @@ pub struct Followed {
     pub all_permissions: bool,
     /// When every user's tags were last read.
     pub tags_read_at: Option<Instant>,
+    /// When the account's roles were last read.
+    pub roles_read_at: Option<Instant>,
+    /// The feed named a role change since the roles were last read.
+    pub roles_changed: bool,
     /// When every user's job last ran.
     pub jobs_run_at: Option<Instant>,
     /// By user ARN: the user's last activity when its last job ran. A user with no

@@ -29,6 +29,10 @@ pub struct AccountFacts {
 pub struct User {
     pub name: String,
     pub arn: String,
+    /// When the user was created: IAM's CreateDate (ListUsers, GetUser) or the report's
+    /// `user_creation_time`, which for `<root_account>` is when the account was created.
+    /// A console password never used counts as unused from here.
+    pub created: Option<SystemTime>,
     pub keys: Vec<AccessKey>,
     /// Console facts from the credential report; `None` from the API source.
     pub login: Option<Login>,
@@ -67,6 +71,57 @@ pub struct LastUse {
     pub region: String,
 }
 
+/// An IAM role, as GetAccountAuthorizationDetails reports it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Role {
+    pub name: String,
+    pub arn: String,
+    /// The IAM path: `/aws-service-role/<service>/` for a service-linked role.
+    pub path: String,
+    pub created: SystemTime,
+    /// Every tag of the role, as IAM returns them.
+    pub tags: Vec<(String, String)>,
+    /// `None` when IAM has seen no use in its tracking period (the last 400 days).
+    pub last_used: Option<RoleLastUse>,
+}
+
+/// When a role was last used (its session was assumed and used), and where.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RoleLastUse {
+    pub at: SystemTime,
+    /// The region of that use, when IAM gives one.
+    pub region: Option<String>,
+}
+
+impl Role {
+    /// Roles that AWS services create and own, under `/aws-service-role/`: their owner is
+    /// the service, and deleting one can break it.
+    pub fn is_service_linked(&self) -> bool {
+        self.path.starts_with("/aws-service-role/")
+    }
+
+    /// Time since the role was last used, or since it was created when IAM has no use of
+    /// it, as for keys. A role last used more than 400 days ago is idle at least that long.
+    pub fn idle(&self, now: SystemTime) -> Duration {
+        elapsed(self.last_used.as_ref().map_or(self.created, |u| u.at), now)
+    }
+}
+
+/// An account's roles as one reading found them, the filter applied.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Roles {
+    /// When the roles were read; idle times are computed as of this instant.
+    pub read_at: SystemTime,
+    pub roles: Vec<LabelledRole>,
+}
+
+/// A role with the labels of its tags (`tags.keys`), as its series carry them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LabelledRole {
+    pub role: Role,
+    pub tag_labels: TagLabels,
+}
+
 /// The outcome of one user's service-last-accessed job.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ServiceCounts {
@@ -84,6 +139,8 @@ pub struct AccountData {
     pub inventory: Option<std::sync::Arc<Inventory>>,
     pub service_counts: ServiceCountsByArn,
     pub tags: TagsByArn,
+    /// The account's roles, once read (`roles.enabled`).
+    pub roles: Option<std::sync::Arc<Roles>>,
 }
 
 /// Latest service counts per user ARN.

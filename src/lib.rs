@@ -59,7 +59,7 @@ pub async fn run(
         settings.clone(),
         shared.clone(),
     ));
-    // Service counts and tags need IAM; a report file has none to ask.
+    // Service counts, tags and roles need IAM; a report file has none to ask.
     if settings.service_access.enabled && !fleet.is_file() {
         refreshers.spawn(refresh::run_service_access_refresh(
             fleet.clone(),
@@ -69,6 +69,13 @@ pub async fn run(
     }
     if !settings.tags.keys.is_empty() && !fleet.is_file() {
         refreshers.spawn(refresh::run_tag_refresh(
+            fleet.clone(),
+            settings.clone(),
+            shared.clone(),
+        ));
+    }
+    if settings.roles.enabled && !fleet.is_file() {
+        refreshers.spawn(refresh::run_role_refresh(
             fleet.clone(),
             settings.clone(),
             shared.clone(),
@@ -144,7 +151,10 @@ pub async fn once(settings: Settings, service_access: bool) -> Result<Vec<u8>, O
             .unwrap_or_default();
         return Err(OnceError::Refresh(error));
     }
-    // Tags of every user were read with the inventory; only service counts remain.
+    // Tags of every user were read with the inventory; roles and service counts remain.
+    if settings.roles.enabled && !fleet.is_file() {
+        refresh::refresh_roles_once(&fleet, &settings, &shared, true).await;
+    }
     if service_access && settings.service_access.enabled && !fleet.is_file() {
         refresh::refresh_service_access_once(&fleet, &settings, &shared).await;
     }

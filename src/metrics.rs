@@ -80,9 +80,29 @@ family!(
     "Unix time the credential report the data came from was generated; IAM regenerates it at most every 4 hours."
 );
 family!(
+    ROLE_CREATED_TIMESTAMP_SECONDS,
+    "aws_iam_role_created_timestamp_seconds",
+    "Unix time the role was created."
+);
+family!(
+    ROLE_IDLE_SECONDS,
+    "aws_iam_role_idle_seconds",
+    "Seconds since the role was last used, as of the last reading of the roles; since creation for a role IAM has no use of in its 400-day tracking period."
+);
+family!(
+    ROLE_LAST_USED_TIMESTAMP_SECONDS,
+    "aws_iam_role_last_used_timestamp_seconds",
+    "Unix time the role was last used, labelled with the region of that use when IAM gives one; absent for a role not used in IAM's 400-day tracking period."
+);
+family!(
     ROOT_ACCESS_KEYS_PRESENT,
     "aws_iam_root_access_keys_present",
     "1 if the account's root user has access keys, else 0."
+);
+family!(
+    USER_CREATED_TIMESTAMP_SECONDS,
+    "aws_iam_user_created_timestamp_seconds",
+    "Unix time the user was created (IAM's CreateDate, or the credential report's user_creation_time; for <root_account>, the account's creation)."
 );
 family!(
     USER_MFA_ACTIVE,

@@ -16,7 +16,7 @@ use std::time::SystemTime;
 
 use crate::exposition::{Deflater, GzipBuilder, GzipPrefix, Recycler};
 use crate::inventory::{
-    AccessKey, AccountData, Inventory, KeyStatus, Login, ServiceCounts, TagLabels, User,
+    AccessKey, AccountData, Inventory, KeyStatus, Login, Role, ServiceCounts, TagLabels, User,
     unix_seconds,
 };
 use crate::metrics::Family;
@@ -58,9 +58,9 @@ impl Snapshot {
     /// snapshot to the next:
     /// - an account id met again adds only what the first entry lacks: an account series
     ///   comes from the first entry that has it, and its users join the first entry's;
-    /// - a user met again keeps the first occurrence's tags, counts and console facts,
-    ///   and its keys join the first occurrence's: keys are what the alerts are about,
-    ///   and a repeated user must not hide one;
+    /// - a user met again keeps the first occurrence's tags, counts, creation and console
+    ///   facts, and its keys join the first occurrence's: keys are what the alerts are
+    ///   about, and a repeated user must not hide one;
     /// - a key id met again for the same user is the same key (key ids are unique, and
     ///   so are the report's slot names on one row) and is left out. Not so a masked id
     ///   (`filter::mask_key_ids` keeps four characters): two different keys of a user can
@@ -280,7 +280,7 @@ fn headers() -> &'static [Header] {
 }
 
 /// The inventory's families in the order `render` writes them: name order.
-const FAMILIES: [&Family; 15] = {
+const FAMILIES: [&Family; 19] = {
     use crate::metrics::*;
     [
         &KEY_ACTIVE,
@@ -292,7 +292,11 @@ const FAMILIES: [&Family; 15] = {
         &KEY_NEVER_USED,
         &ACCOUNT_INFO,
         &CREDENTIAL_REPORT_GENERATED_TIMESTAMP_SECONDS,
+        &ROLE_CREATED_TIMESTAMP_SECONDS,
+        &ROLE_IDLE_SECONDS,
+        &ROLE_LAST_USED_TIMESTAMP_SECONDS,
         &ROOT_ACCESS_KEYS_PRESENT,
+        &USER_CREATED_TIMESTAMP_SECONDS,
         &USER_MFA_ACTIVE,
         &USER_PASSWORD_ENABLED,
         &USER_PASSWORD_LAST_USED_TIMESTAMP_SECONDS,
@@ -566,6 +570,31 @@ fn render(views: &[View], users: &[UserRow], keys: &[KeyRow], headers: bool) -> 
             Some((account_labels(view), unix_seconds(at)))
         }),
     );
+    // Roles, from each account id's first view: a repeated account would repeat them all.
+    let roles = || role_rows(views);
+    text.family(
+        &ROLE_CREATED_TIMESTAMP_SECONDS,
+        roles().map(|(labels, row)| (labels, unix_seconds(row.role.created))),
+    );
+    text.family(
+        &ROLE_IDLE_SECONDS,
+        roles().map(|(labels, row)| (labels, row.idle().as_secs_f64())),
+    );
+    text.family(
+        &ROLE_LAST_USED_TIMESTAMP_SECONDS,
+        roles().filter_map(|(labels, row)| {
+            let used = row.role.last_used.as_ref()?;
+            let region = used.region.as_deref().unwrap_or_default();
+            // No region is an empty label, which Prometheus stores as no label at all.
+            let [account, role, linked] = labels.fixed;
+            let labels = Labels {
+                fixed: [account, ("last_used_region", region), role, linked],
+                tags: labels.tags,
+                user: None,
+            };
+            Some((labels, unix_seconds(used.at)))
+        }),
+    );
     text.family(
         &ROOT_ACCESS_KEYS_PRESENT,
         once_per_account(views, |view| {
@@ -574,6 +603,14 @@ fn render(views: &[View], users: &[UserRow], keys: &[KeyRow], headers: bool) -> 
         }),
     );
 
+    // Every user row, `<root_account>` included as for the console facts below: its
+    // creation is the account's.
+    text.family(
+        &USER_CREATED_TIMESTAMP_SECONDS,
+        users
+            .iter()
+            .filter_map(|u| Some((user_labels(u), unix_seconds(u.user.created?)))),
+    );
     let login = |pick: fn(&Login) -> Option<f64>| {
         users
             .iter()
@@ -605,6 +642,54 @@ struct Labels<'a, const N: usize> {
     fixed: [(&'static str, &'a str); N],
     tags: &'a [(String, String)],
     user: Option<&'a str>,
+}
+
+/// A role as its series need it: the role, and when its account's roles were read.
+struct RoleRow<'a> {
+    role: &'a Role,
+    read_at: SystemTime,
+}
+
+impl RoleRow<'_> {
+    fn idle(&self) -> std::time::Duration {
+        self.role.idle(self.read_at)
+    }
+}
+
+/// Every role of every account id's first view that has roles, with its labels.
+fn role_rows<'v, 'a: 'v>(
+    views: &'v [View<'a>],
+) -> impl Iterator<Item = (Labels<'a, 3>, RoleRow<'a>)> + 'v {
+    once_per_account(views, |view| {
+        Some((
+            view.inventory.account_id.as_str(),
+            view.data.roles.as_deref()?,
+        ))
+    })
+    .flat_map(|(account, roles)| {
+        roles.roles.iter().map(move |labelled| {
+            let role = &labelled.role;
+            let linked = if role.is_service_linked() {
+                "true"
+            } else {
+                "false"
+            };
+            let labels = Labels {
+                fixed: [
+                    ("account_id", account),
+                    ("role", role.name.as_str()),
+                    ("service_linked", linked),
+                ],
+                tags: &labelled.tag_labels,
+                user: None,
+            };
+            let row = RoleRow {
+                role,
+                read_at: roles.read_at,
+            };
+            (labels, row)
+        })
+    })
 }
 
 fn account_labels<'a>(view: &View<'a>) -> Labels<'a, 1> {
@@ -732,6 +817,7 @@ mod tests {
                 User {
                     name: "ci-bot".into(),
                     arn: "arn:aws:iam::123456789012:user/bots/ci-bot".into(),
+                    created: Some(at(NOW - 500 * DAY)),
                     keys: vec![
                         AccessKey {
                             id: "AKIAAAAAAAAAAAAAAAA1".into(),
@@ -755,6 +841,7 @@ mod tests {
                 User {
                     name: "nobody".into(),
                     arn: "arn:aws:iam::123456789012:user/nobody".into(),
+                    created: Some(at(NOW - 10 * DAY)),
                     keys: vec![],
                     login: None,
                 },
@@ -774,6 +861,7 @@ mod tests {
                     inventory: Some(Arc::new(inventory.clone())),
                     service_counts,
                     tags,
+                    ..Default::default()
                 };
                 (inventory.account_id, data)
             })
@@ -813,6 +901,203 @@ mod tests {
         let text = text(&snapshot);
         let expected = include_str!("../tests/fixtures/snapshot-sample.prom");
         assert_eq!(text, expected, "got:\n{text}");
+    }
+
+    /// The per-user families of a small inventory, series by series: every user's
+    /// creation (`<root_account>`'s is the account's, as the report's root row says), the
+    /// console facts where the report gave them, and no series for a fact that is absent
+    /// (a creation time the report had as `N/A`; console facts from the API source).
+    #[test]
+    fn users_render_their_creation_and_console_facts() {
+        let user = |name: &str, created: Option<u64>, login: Option<Login>| User {
+            name: name.into(),
+            arn: format!("arn:aws:iam::123456789012:user/{name}"),
+            created: created.map(at),
+            keys: vec![],
+            login,
+        };
+        let console = |used: Option<u64>| {
+            Some(Login {
+                mfa_active: Some(false),
+                password_enabled: Some(true),
+                password_last_used: used.map(at),
+            })
+        };
+        let no_password = Some(Login {
+            mfa_active: Some(false),
+            password_enabled: Some(false),
+            password_last_used: None,
+        });
+        let root = User {
+            arn: "arn:aws:iam::123456789012:root".into(),
+            ..user(
+                "<root_account>",
+                Some(NOW - 2000 * DAY),
+                Some(Login {
+                    mfa_active: Some(true),
+                    password_enabled: None,
+                    password_last_used: Some(at(NOW - DAY)),
+                }),
+            )
+        };
+        let inventory = Inventory {
+            users: vec![
+                // A console password never used.
+                user("dana", Some(NOW - 200 * DAY), console(None)),
+                user("eve", Some(NOW - 300 * DAY), console(Some(NOW - 50 * DAY))),
+                // From the API source: no console facts.
+                user("svc", Some(NOW - 20 * DAY), None),
+                user("odd", None, no_password),
+            ],
+            account: crate::inventory::AccountFacts {
+                root: Some(root),
+                ..Default::default()
+            },
+            ..sample()
+        };
+        let text = text(&Snapshot::build(&one(inventory, ServiceCountsByArn::new())));
+        let series: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("aws_iam_user_"))
+            .collect();
+        let labels = |user: &str| format!("{{account_id=\"123456789012\",user=\"{user}\"}}");
+        let expected = [
+            ("created_timestamp_seconds", "dana", NOW - 200 * DAY),
+            ("created_timestamp_seconds", "eve", NOW - 300 * DAY),
+            ("created_timestamp_seconds", "svc", NOW - 20 * DAY),
+            (
+                "created_timestamp_seconds",
+                "<root_account>",
+                NOW - 2000 * DAY,
+            ),
+            ("mfa_active", "dana", 0),
+            ("mfa_active", "eve", 0),
+            ("mfa_active", "odd", 0),
+            ("mfa_active", "<root_account>", 1),
+            ("password_enabled", "dana", 1),
+            ("password_enabled", "eve", 1),
+            ("password_enabled", "odd", 0),
+            (
+                "password_last_used_timestamp_seconds",
+                "eve",
+                NOW - 50 * DAY,
+            ),
+            (
+                "password_last_used_timestamp_seconds",
+                "<root_account>",
+                NOW - DAY,
+            ),
+        ]
+        .map(|(family, user, value)| format!("aws_iam_user_{family}{} {value}", labels(user)));
+        assert_eq!(series, expected, "{text}");
+        assert!(text.contains(
+            "# HELP aws_iam_user_created_timestamp_seconds Unix time the user was created \
+             (IAM's CreateDate, or the credential report's user_creation_time; for \
+             <root_account>, the account's creation). Cached: refreshed in the background, \
+             not at scrape time.\n# TYPE aws_iam_user_created_timestamp_seconds gauge\n"
+        ));
+        assert_eq!(
+            parse(&text).map(|e| repeated(&e.samples, identity)),
+            Ok(vec![])
+        );
+    }
+
+    /// The role families of an account, series by series: creation and idle time for
+    /// every role (idle since creation for one IAM has no use of), last use with its
+    /// region only where IAM has one, service-linked roles marked, tag labels in place, and
+    /// a repeated account's roles rendered once.
+    #[test]
+    fn roles_render_their_creation_idle_time_and_last_use() {
+        use crate::inventory::{LabelledRole, RoleLastUse, Roles};
+        let role = |name: &str, path: &str, created: u64, used: Option<(u64, Option<&str>)>| {
+            LabelledRole {
+                role: Role {
+                    name: name.into(),
+                    arn: format!("arn:aws:iam::123456789012:role{path}{name}"),
+                    path: path.into(),
+                    created: at(created),
+                    tags: vec![("team".into(), "payments".into())],
+                    last_used: used.map(|(t, region)| RoleLastUse {
+                        at: at(t),
+                        region: region.map(Into::into),
+                    }),
+                },
+                tag_labels: if name == "deployer" {
+                    vec![("tag_team".into(), "payments".into())]
+                } else {
+                    vec![]
+                },
+            }
+        };
+        let roles = Roles {
+            read_at: at(NOW + 3600),
+            roles: vec![
+                role(
+                    "deployer",
+                    "/apps/",
+                    NOW - 400 * DAY,
+                    Some((NOW - DAY, Some("eu-west-1"))),
+                ),
+                role("idle", "/", NOW - 200 * DAY, None),
+                role(
+                    "AWSServiceRoleForSupport",
+                    "/aws-service-role/support.amazonaws.com/",
+                    NOW - 900 * DAY,
+                    Some((NOW - 10 * DAY, None)),
+                ),
+            ],
+        };
+        let data = AccountData {
+            inventory: Some(Arc::new(sample())),
+            roles: Some(Arc::new(roles)),
+            ..Default::default()
+        };
+        // The same account twice, as an inconsistent source could list it.
+        let mut twice = BTreeMap::new();
+        twice.insert("a".to_string(), data.clone());
+        twice.insert("b".to_string(), data);
+        let text = text(&Snapshot::build(&twice));
+        let series: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("aws_iam_role_"))
+            .collect();
+        let account = "account_id=\"123456789012\"";
+        let expected = [
+            format!(
+                "aws_iam_role_created_timestamp_seconds{{{account},role=\"deployer\",service_linked=\"false\",tag_team=\"payments\"}} {}",
+                NOW - 400 * DAY
+            ),
+            format!(
+                "aws_iam_role_created_timestamp_seconds{{{account},role=\"idle\",service_linked=\"false\"}} {}",
+                NOW - 200 * DAY
+            ),
+            format!(
+                "aws_iam_role_created_timestamp_seconds{{{account},role=\"AWSServiceRoleForSupport\",service_linked=\"true\"}} {}",
+                NOW - 900 * DAY
+            ),
+            format!(
+                "aws_iam_role_idle_seconds{{{account},role=\"deployer\",service_linked=\"false\",tag_team=\"payments\"}} {}",
+                DAY + 3600
+            ),
+            format!(
+                "aws_iam_role_idle_seconds{{{account},role=\"idle\",service_linked=\"false\"}} {}",
+                200 * DAY + 3600
+            ),
+            format!(
+                "aws_iam_role_idle_seconds{{{account},role=\"AWSServiceRoleForSupport\",service_linked=\"true\"}} {}",
+                10 * DAY + 3600
+            ),
+            format!(
+                "aws_iam_role_last_used_timestamp_seconds{{{account},last_used_region=\"eu-west-1\",role=\"deployer\",service_linked=\"false\",tag_team=\"payments\"}} {}",
+                NOW - DAY
+            ),
+            format!(
+                "aws_iam_role_last_used_timestamp_seconds{{{account},last_used_region=\"\",role=\"AWSServiceRoleForSupport\",service_linked=\"true\"}} {}",
+                NOW - 10 * DAY
+            ),
+        ];
+        assert_eq!(series, expected, "{text}");
+        assert!(text.contains("# TYPE aws_iam_role_idle_seconds gauge\n"));
     }
 
     #[test]
@@ -1349,6 +1634,7 @@ mod tests {
             let user = |rng: &mut SplitMix64, name: &str, arn: String| User {
                 name: name.into(),
                 arn,
+                created: rng.chance(2).then(|| at(NOW - rng.pick(&[1, 400]) * DAY)),
                 keys: (0..rng.below(4)).map(|_| key(rng)).collect(),
                 login: rng.chance(2).then(|| Login {
                     mfa_active: rng.chance(2).then(|| rng.chance(2)),

@@ -1,7 +1,7 @@
 //! End to end: the exporter on the seeded moto, a real Prometheus evaluating the shipped
-//! alert rules, a real Alertmanager receiving what fires. The alerts expected are worked
-//! out here from what moto was seeded with, by the controls' own definitions, so any
-//! scenario checks the same way.
+//! alert rules, a real Alertmanager receiving what fires. The alerts expected (keys,
+//! console passwords and roles) are worked out here from what moto was seeded with, by the
+//! controls' own definitions, so any scenario checks the same way.
 
 mod common;
 
@@ -12,11 +12,33 @@ use common::*;
 
 const DAY: f64 = 86_400.0;
 
-/// (alertname, user, access_key_id) of every key alert the seeded inventory must raise.
+/// (alertname, user or role, access_key_id) of every key, password and role alert the
+/// seeded inventory must raise; the key id is empty for an alert about a user or a role.
 fn expected_alerts(seeded: &serde_json::Value, now: f64) -> BTreeSet<(String, String, String)> {
     let mut expected = BTreeSet::new();
     for user in seeded["users"].as_array().unwrap() {
         let name = user["name"].as_str().unwrap().to_string();
+        // The exporter's default source (auto) has the credential report's console facts.
+        // A password never used is unused since the user was created.
+        if user["password_enabled"] == true {
+            let since = user["password_last_used"]
+                .as_f64()
+                .unwrap_or_else(|| user["create_date"].as_f64().unwrap());
+            let idle_days = (now - since) / DAY;
+            if idle_days > 90.0 {
+                expected.insert((
+                    "IAMUserPasswordUnused90Days".into(),
+                    name.clone(),
+                    String::new(),
+                ));
+            } else if idle_days > 45.0 {
+                expected.insert((
+                    "IAMUserPasswordUnused45Days".into(),
+                    name.clone(),
+                    String::new(),
+                ));
+            }
+        }
         let mut active = 0;
         for key in user["keys"].as_array().unwrap() {
             if key["status"] != "Active" {
@@ -51,7 +73,27 @@ fn expected_alerts(seeded: &serde_json::Value, now: f64) -> BTreeSet<(String, St
             ));
         }
     }
+    // A role unused for 90 days (since creation when IAM has no use of it), but never a
+    // service-linked one.
+    for role in seeded["roles"].as_array().into_iter().flatten() {
+        let since = role["last_used_date"]
+            .as_f64()
+            .unwrap_or_else(|| role["create_date"].as_f64().unwrap());
+        if role["service_linked"] != true && (now - since) / DAY > 90.0 {
+            let name = role["name"].as_str().unwrap().to_string();
+            expected.insert(("IAMRoleUnused90Days".into(), name, String::new()));
+        }
+    }
     expected
+}
+
+/// The user or role an alert is about.
+fn principal(alert: &serde_json::Value) -> &str {
+    let labels = &alert["labels"];
+    labels["user"]
+        .as_str()
+        .or(labels["role"].as_str())
+        .unwrap_or_default()
 }
 
 #[test]
@@ -102,6 +144,18 @@ fn the_expected_alerts_reach_alertmanager_and_no_others() {
         expected.len() >= 4,
         "the sample raises several alerts: {expected:?}"
     );
+    assert!(
+        expected
+            .iter()
+            .any(|(alert, ..)| alert.starts_with("IAMUserPasswordUnused")),
+        "the sample has an unused console password: {expected:?}"
+    );
+    assert!(
+        expected
+            .iter()
+            .any(|(alert, ..)| alert == "IAMRoleUnused90Days"),
+        "the sample has an unused role: {expected:?}"
+    );
     let key_alert = |a: &serde_json::Value| {
         a["labels"]["alertname"]
             .as_str()
@@ -117,7 +171,11 @@ fn the_expected_alerts_reach_alertmanager_and_no_others() {
                 .filter(|a| key_alert(a))
                 .map(|a| {
                     let label = |n: &str| a["labels"][n].as_str().unwrap_or_default().to_string();
-                    (label("alertname"), label("user"), label("access_key_id"))
+                    (
+                        label("alertname"),
+                        principal(a).to_string(),
+                        label("access_key_id"),
+                    )
                 })
                 .collect();
             (got == expected).then_some(alerts)
@@ -137,7 +195,8 @@ fn the_expected_alerts_reach_alertmanager_and_no_others() {
             annotations["summary"]
                 .as_str()
                 .unwrap()
-                .contains(labels["user"].as_str().unwrap())
+                .contains(principal(alert)),
+            "{alert}"
         );
         assert!(
             annotations["control"]

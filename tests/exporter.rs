@@ -140,6 +140,11 @@ fn serves_every_seeded_key_with_exact_values() {
             }
         }
         let user_labels = [("account_id", account), ("user", name)];
+        assert_eq!(
+            metrics.value("aws_iam_user_created_timestamp_seconds", &user_labels),
+            user["create_date"].as_f64().unwrap(),
+            "{name} created"
+        );
         if has_keys(user) && user["service_job"] == "completed" {
             assert_eq!(
                 metrics.value("aws_iam_user_services_accessed", &user_labels),

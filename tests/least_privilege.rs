@@ -120,6 +120,7 @@ fn the_shipped_policies_are_enough_for_every_feature() {
             "tags",
             "service_access",
             "change_feed",
+            "roles",
         ] {
             assert_ne!(
                 degraded(&m, account, feature),
@@ -369,6 +370,16 @@ fn without_lookup_events() {
         "LookupEvents",
         "auto",
         Expect::Degrades("change_feed"),
+    );
+}
+
+#[test]
+fn without_get_account_authorization_details() {
+    without(
+        "iam:GetAccountAuthorizationDetails",
+        "GetAccountAuthorizationDetails",
+        "auto",
+        Expect::Degrades("roles"),
     );
 }
 

@@ -110,6 +110,8 @@ struct User {
     mfa: Option<bool>,
     password_enabled: Option<bool>,
     password_last_used: Option<f64>,
+    /// `user_creation_time`; for the root user, the account's creation.
+    created: Option<f64>,
     keys: Vec<Key>,
     /// The latest of the dates the exporter documents choosing a duplicated user's row by.
     latest: Option<f64>,
@@ -163,6 +165,7 @@ fn expected(path: &Path) -> (String, Vec<User>) {
             mfa: flag(get("mfa_active")),
             password_enabled: flag(get("password_enabled")),
             password_last_used: time(get("password_last_used")),
+            created: time(get("user_creation_time")),
             latest: dates
                 .into_iter()
                 .chain(key_dates)
@@ -208,6 +211,11 @@ fn check_served(name: &str, text: &str, account: &str, users: &[User]) {
         assert_eq!(
             metrics.get("aws_iam_user_password_last_used_timestamp_seconds", &labels),
             user.password_last_used,
+            "{context}"
+        );
+        assert_eq!(
+            metrics.get("aws_iam_user_created_timestamp_seconds", &labels),
+            user.created,
             "{context}"
         );
         for key in &user.keys {

@@ -53,6 +53,8 @@ pub struct Changes {
     /// An event that changed a user's keys but names no user the feed can place (or a
     /// poll too long to read): every user is listed again.
     pub everyone: bool,
+    /// A role was created, deleted, tagged or untagged: the account's roles are read again.
+    pub roles: bool,
 }
 
 impl Changes {
@@ -66,6 +68,7 @@ impl Changes {
         self.permissions.extend(other.permissions);
         self.all_permissions |= other.all_permissions;
         self.everyone |= other.everyone;
+        self.roles |= other.roles;
     }
 }
 
@@ -119,6 +122,9 @@ enum Meaning {
     UserPermissions,
     /// The permissions of a group's members or of a policy's holders.
     BroadPermissions,
+    /// A role created, deleted or (un)tagged: what the role series show. A role's last use
+    /// is no event; the role pass reads it every `roles.interval`.
+    Roles,
 }
 
 fn meaning(event_name: &str) -> Option<Meaning> {
@@ -141,8 +147,9 @@ fn meaning(event_name: &str) -> Option<Meaning> {
         | "DeleteGroup"
         | "CreatePolicyVersion"
         | "SetDefaultPolicyVersion" => Meaning::BroadPermissions,
-        // Console passwords, MFA, certificates, roles...: the credential report or
-        // nothing the exporter serves.
+        "CreateRole" | "DeleteRole" | "TagRole" | "UntagRole" => Meaning::Roles,
+        // Console passwords, MFA, certificates, role policies...: the credential report
+        // or nothing the exporter serves.
         _ => return None,
     })
 }
@@ -190,6 +197,7 @@ pub fn changes_of(event: &Event) -> Changes {
         // Without a name, the permissions of someone unknown changed.
         (Meaning::Tags, None) => {}
         (Meaning::UserPermissions | Meaning::BroadPermissions, _) => changes.all_permissions = true,
+        (Meaning::Roles, _) => changes.roles = true,
     }
     changes
 }
@@ -427,6 +435,22 @@ mod tests {
             assert_eq!(names(&changes.tags), ["bob"], "{name}");
             assert!(changes.users.is_empty(), "{name}");
         }
+        for name in ["CreateRole", "DeleteRole", "TagRole", "UntagRole"] {
+            let changes = changes_of(&event(
+                name,
+                name,
+                T0,
+                serde_json::json!({"requestParameters": {"roleName": "deployer"}}),
+            ));
+            assert_eq!(
+                changes,
+                Changes {
+                    roles: true,
+                    ..Changes::default()
+                },
+                "{name}"
+            );
+        }
         for name in [
             "AttachUserPolicy",
             "DetachUserPolicy",
@@ -452,7 +476,11 @@ mod tests {
             assert!(changes.all_permissions, "{name}");
         }
         // Events of other resources change nothing the exporter serves.
-        for name in ["CreateRole", "CreateLoginProfile", "UploadSSHPublicKey"] {
+        for name in [
+            "AttachRolePolicy",
+            "CreateLoginProfile",
+            "UploadSSHPublicKey",
+        ] {
             assert!(changes_of(&on_user(name, "dave")).is_empty(), "{name}");
         }
     }

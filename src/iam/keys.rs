@@ -37,7 +37,7 @@ pub async fn collect_inventory(
 ) -> Result<Inventory, IamError> {
     let mut listed = list_users(iam, metrics).await?;
     // Users the filter excludes cost no further calls.
-    listed.retain(|(name, arn)| filter.allows(name, arn));
+    listed.retain(|user| filter.allows(&user.name, &user.arn));
     let rows: HashMap<&str, &ReportRow> = report
         .map(|r| r.rows.iter().map(|row| (row.user.as_str(), row)).collect())
         .unwrap_or_default();
@@ -45,10 +45,10 @@ pub async fn collect_inventory(
     // index restores IAM's order afterwards.
     let mut users: Vec<(usize, Option<User>)> =
         stream::iter(listed.into_iter().enumerate())
-            .map(|(index, (name, arn))| {
-                let row = rows.get(name.as_str()).copied();
+            .map(|(index, listed)| {
+                let row = rows.get(listed.name.as_str()).copied();
                 async move {
-                    Ok::<_, IamError>((index, collect_user(iam, metrics, name, arn, row).await?))
+                    Ok::<_, IamError>((index, collect_user(iam, metrics, listed, row).await?))
                 }
             })
             .buffer_unordered(concurrency.max(1))
@@ -160,7 +160,7 @@ async fn relist_user(
         field: "User",
     })?;
     let row = report.and_then(|r| r.rows.iter().find(|row| row.user == user.user_name));
-    collect_user(iam, metrics, user.user_name, user.arn, row).await
+    collect_user(iam, metrics, Listed::from(user), row).await
 }
 
 /// A user not named by any change, with the last use and console facts of a newer
@@ -180,6 +180,7 @@ fn with_report(user: &User, row: Option<&ReportRow>) -> User {
     User {
         name: user.name.clone(),
         arn: user.arn.clone(),
+        created: user.created,
         keys,
         login: Some(row.login()),
     }
@@ -225,10 +226,34 @@ pub async fn root_access_keys_present(
     Ok(*present > 0)
 }
 
-async fn list_users(
-    iam: &Client,
-    metrics: &ExporterMetrics,
-) -> Result<Vec<(String, String)>, IamError> {
+/// A user as ListUsers or GetUser returns it, before its keys are read.
+struct Listed {
+    name: String,
+    arn: String,
+    created: Option<SystemTime>,
+}
+
+impl From<aws_sdk_iam::types::User> for Listed {
+    fn from(user: aws_sdk_iam::types::User) -> Self {
+        Listed {
+            created: user_created(&user.create_date),
+            name: user.user_name,
+            arn: user.arn,
+        }
+    }
+}
+
+/// A user's CreateDate. The SDK reads a CreateDate missing from IAM's answer as the Unix
+/// epoch (the field is required, so it fills in a default); no IAM user predates IAM,
+/// so that is no date rather than a user 56 years old, whose console password would
+/// count as unused since 1970.
+fn user_created(date: &aws_smithy_types::DateTime) -> Option<SystemTime> {
+    SystemTime::try_from(*date)
+        .ok()
+        .filter(|created| *created > UNIX_EPOCH)
+}
+
+async fn list_users(iam: &Client, metrics: &ExporterMetrics) -> Result<Vec<Listed>, IamError> {
     const OP: &str = "ListUsers";
     let mut users = Vec::new();
     let mut pages = iam
@@ -238,7 +263,7 @@ async fn list_users(
         .send();
     while let Some(page) = pages.next().await {
         let page = observe(metrics, OP, page).map_err(|e| IamError::call(OP, &e))?;
-        users.extend(page.users.into_iter().map(|u| (u.user_name, u.arn)));
+        users.extend(page.users.into_iter().map(Listed::from));
     }
     Ok(users)
 }
@@ -247,11 +272,11 @@ async fn list_users(
 async fn collect_user(
     iam: &Client,
     metrics: &ExporterMetrics,
-    name: String,
-    arn: String,
+    listed: Listed,
     report: Option<&ReportRow>,
 ) -> Result<Option<User>, IamError> {
     const OP: &str = "ListAccessKeys";
+    let Listed { name, arn, created } = listed;
     let mut listed = Vec::new();
     let mut pages = iam
         .list_access_keys()
@@ -279,6 +304,9 @@ async fn collect_user(
     Ok(Some(User {
         name,
         arn,
+        // The API's, not the report row's: a row of the same name may describe a user
+        // deleted and created again since the report.
+        created,
         keys,
         login: report.map(ReportRow::login),
     }))

@@ -6,6 +6,7 @@ mod keys;
 mod organizations;
 mod rate_limit;
 mod report;
+mod roles;
 mod service_access;
 mod tags;
 #[cfg(test)]
@@ -45,6 +46,7 @@ pub use organizations::{
 };
 pub use rate_limit::TokenBucket;
 pub use report::{CredentialReport, ReportPolicy, credential_report};
+pub use roles::list_roles;
 pub use service_access::{JobPolicy, service_counts};
 pub use tags::user_tags;
 

@@ -229,6 +229,7 @@ async fn follows_every_page_of_users_and_keys() {
     );
     assert_eq!(inventory.account_id, ACCOUNT);
     assert_eq!(inventory.users[0].arn, arn("alice"));
+    assert_eq!(inventory.users[0].created, Some(at(NOW - 1000 * DAY)));
     let bob = &inventory.users[1];
     assert_eq!(bob.keys.len(), 2, "both pages of bob's keys");
     assert_eq!(bob.keys[0].id, "AKIABOB000000000001");
@@ -1091,6 +1092,88 @@ async fn auto_takes_last_use_from_the_report_and_asks_only_for_newer_keys() {
         inventory.account.report_generated_at,
         Some(report.generated_at)
     );
+}
+
+/// A user's creation comes from IAM's CreateDate, through ListUsers and through GetUser
+/// (a user the change feed names), and stays when a user is carried over; the report's
+/// `user_creation_time` is used only for the root row, the account's creation. A
+/// CreateDate IAM's answer lacks, which the SDK reads as the Unix epoch, is no date.
+#[tokio::test]
+async fn a_users_create_date_arrives_from_list_users_and_get_user() {
+    let dated = |name: &str, created: i64| {
+        User::builder()
+            .user_name(name)
+            .user_id(format!("AIDA{}", name.to_uppercase()))
+            .arn(arn(name))
+            .path("/")
+            .create_date(DateTime::from_secs(created))
+            .build()
+            .unwrap()
+    };
+    let get = mock!(Client::get_credential_report).then_output(|| report_output(1));
+    // alice was deleted and created again 10 days ago: the report's row of that name
+    // still says 1,000 days.
+    let users = mock!(Client::list_users).then_output(move || {
+        ListUsersOutput::builder()
+            .users(dated("alice", NOW - 10 * DAY))
+            .users(dated("undated", 0))
+            .build()
+            .unwrap()
+    });
+    let undated_xml = mock!(Client::get_user)
+        .match_requests(|r| r.user_name() == Some("undated"))
+        .then_http_response(|| {
+            let body = "<GetUserResponse xmlns=\"https://iam.amazonaws.com/doc/2010-05-08/\"><GetUserResult><User>\
+                        <UserName>undated</UserName><UserId>AIDAUNDATED</UserId><Arn>arn:aws:iam::123456789012:user/undated</Arn>\
+                        <Path>/</Path></User></GetUserResult></GetUserResponse>";
+            HttpResponse::new(StatusCode::try_from(200).unwrap(), SdkBody::from(body))
+        });
+    let newcomer = mock!(Client::get_user)
+        .match_requests(|r| r.user_name() == Some("newcomer"))
+        .then_output(move || {
+            aws_sdk_iam::operation::get_user::GetUserOutput::builder()
+                .user(dated("newcomer", NOW - 2 * DAY))
+                .build()
+        });
+    let no_keys = mock!(Client::list_access_keys).then_output(|| {
+        ListAccessKeysOutput::builder()
+            .set_access_key_metadata(Some(vec![]))
+            .build()
+            .unwrap()
+    });
+    let metrics = Arc::new(ExporterMetrics::new());
+    let iam = client(&[&get, &users, &undated_xml, &newcomer, &no_keys], &metrics);
+    let report = credential_report(&iam, &metrics, REPORT_POLICY)
+        .await
+        .unwrap();
+    let filter = UserFilter::default();
+    let listed = collect_inventory(&iam, &metrics, ACCOUNT, 2, Some(&report), &filter)
+        .await
+        .unwrap();
+    let created = |inventory: &crate::inventory::Inventory, name: &str| {
+        let user = inventory.users.iter().find(|u| u.name == name).unwrap();
+        user.created
+    };
+    assert_eq!(created(&listed, "alice"), Some(at(NOW - 10 * DAY)), "IAM's");
+    assert_eq!(created(&listed, "undated"), None, "no date, not 1970");
+    let root = listed.account.root.as_ref().unwrap();
+    assert_eq!(root.created, Some(at(NOW - 2000 * DAY)), "the account's");
+
+    // The feed names newcomer (new) and undated (its GetUser answer has no CreateDate at
+    // all); alice is carried over, with and without a report.
+    let named: std::collections::BTreeSet<String> =
+        ["newcomer", "undated"].map(String::from).into();
+    for report in [Some(&report), None] {
+        let relisted = relist_users(&iam, &metrics, &listed, &named, 2, report, &filter)
+            .await
+            .unwrap();
+        assert_eq!(created(&relisted, "newcomer"), Some(at(NOW - 2 * DAY)));
+        assert_eq!(created(&relisted, "undated"), None);
+        assert_eq!(created(&relisted, "alice"), Some(at(NOW - 10 * DAY)));
+        let root = relisted.account.root.as_ref().unwrap();
+        assert_eq!(root.created, Some(at(NOW - 2000 * DAY)));
+    }
+    assert_eq!((newcomer.num_calls(), undated_xml.num_calls()), (2, 2));
 }
 
 // ---- Accounts, tags and denied features ----

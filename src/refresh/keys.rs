@@ -120,12 +120,13 @@ async fn refresh_account(
         let _keys_first = account.refreshing_keys.write().await;
         let refreshed = account.source.refresh(metrics).await?;
         let retag = follow(account, &refreshed);
-        if refreshed
-            .changes
-            .as_ref()
-            .is_some_and(|c| c.all_permissions || !c.permissions.is_empty())
-        {
-            shared.notify_permissions_changed();
+        if let Some(changes) = &refreshed.changes {
+            if changes.all_permissions || !changes.permissions.is_empty() {
+                shared.notify_permissions_changed();
+            }
+            if changes.roles {
+                shared.notify_roles_due();
+            }
         }
         read_changed_users_tags(account, &refreshed.inventory, &retag, settings, shared).await;
         Ok::<_, crate::source::SourceError>(refreshed.inventory)
@@ -163,6 +164,17 @@ async fn refresh_account(
             shared
                 .offer_inventory(key, account.target.name.clone(), inventory)
                 .await;
+            // An account new to this replica (discovered, or handed over by a reshard) has
+            // its roles read now, not at the role pass's next interval.
+            let roles_unread = account
+                .followed
+                .lock()
+                .expect("not poisoned")
+                .roles_read_at
+                .is_none();
+            if settings.roles.enabled && roles_unread {
+                shared.notify_roles_due();
+            }
             let now = SystemTime::now();
             *account.last_success.lock().expect("not poisoned") = Some(now);
             metrics
@@ -198,6 +210,7 @@ fn follow(account: &Account, refreshed: &Refreshed) -> HashSet<String> {
         .permissions
         .extend(changes.permissions.iter().map(|name| name.to_lowercase()));
     followed.all_permissions |= changes.all_permissions;
+    followed.roles_changed |= changes.roles;
     changes
         .tags
         .iter()

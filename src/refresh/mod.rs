@@ -7,6 +7,8 @@
 //! - the tag refresh (`tags.rs`), every `tags.interval` after the first inventory;
 //! - the service-access refresh (`service_access.rs`), every `service_access.interval`
 //!   after the first inventory;
+//! - the role refresh (`roles.rs`), every `roles.interval` after the first round, and for
+//!   an account as soon as its change feed names a role change;
 //! - the publisher (`published.rs`), which renders service counts and tags as they
 //!   arrive: at once after a quiet spell, then at most every few seconds.
 //!
@@ -20,12 +22,14 @@ use std::time::{Duration, SystemTime};
 
 mod keys;
 mod published;
+mod roles;
 mod schedule;
 mod service_access;
 mod tags;
 
 pub use keys::{refresh_keys_once, run_key_refresh};
 pub use published::{Published, Shared, run_publisher};
+pub use roles::{refresh_roles_once, run_role_refresh};
 pub use schedule::every;
 pub use service_access::{refresh_service_access_once, run_service_access_refresh};
 pub use tags::{refresh_tags_once, run_tag_refresh};

@@ -23,7 +23,7 @@ use tokio::sync::{Mutex, Notify, watch};
 
 use super::RefreshStatus;
 use crate::exposition::{Exposition, GzipPrefix, Recycler};
-use crate::inventory::{AccountData, Inventory, ServiceCounts, TagLabels};
+use crate::inventory::{AccountData, Inventory, Roles, ServiceCounts, TagLabels};
 use crate::metrics::ExporterMetrics;
 use crate::snapshot::{AccountFragment, Snapshot};
 
@@ -89,6 +89,9 @@ pub struct Shared {
     /// Signalled when the change feed says a user's permissions changed, so that the
     /// service-access pass runs those users' jobs now instead of at its next interval.
     permissions_changed: Notify,
+    /// Signalled when an account's roles are due before the role pass's next interval: a
+    /// role change in its feed, or an account whose roles were never read.
+    roles_due: Notify,
 }
 
 impl Shared {
@@ -107,6 +110,7 @@ impl Shared {
             refreshes_finished: watch::channel(0).0,
             changed: Notify::new(),
             permissions_changed: Notify::new(),
+            roles_due: Notify::new(),
         };
         // Before the first refresh, /metrics serves the exporter's own metrics.
         shared.refresh_exposition();
@@ -231,6 +235,17 @@ impl Shared {
         self.changed.notify_one();
     }
 
+    /// Stores an account's roles for the next snapshot.
+    pub async fn set_roles(&self, account: &str, roles: Roles) {
+        self.change(account, |collected| {
+            if let Some(data) = collected.accounts.get_mut(account) {
+                data.roles = Some(Arc::new(roles));
+            }
+        })
+        .await;
+        self.changed.notify_one();
+    }
+
     /// Publishes the current inventories with the latest service counts and tags.
     pub async fn republish(&self) {
         self.render_and_swap().await;
@@ -306,6 +321,15 @@ impl Shared {
         self.last_refresh.store(Some(Arc::new(status)));
         self.refresh_exposition();
         self.refreshes_finished.send_modify(|n| *n += 1);
+    }
+
+    /// Wakes the role pass (or its next wait, if it is running).
+    pub(super) fn notify_roles_due(&self) {
+        self.roles_due.notify_one();
+    }
+
+    pub(super) async fn roles_due(&self) {
+        self.roles_due.notified().await;
     }
 
     /// Wakes the service-access pass (or its next wait, if it is running).
@@ -453,6 +477,7 @@ mod tests {
                 .map(|name| User {
                     name: name.to_string(),
                     arn: format!("arn:aws:iam::{account}:user/{name}"),
+                    created: None,
                     keys: vec![AccessKey {
                         id: format!("AKIA{}", name.to_uppercase()),
                         status: KeyStatus::Active,
