@@ -72,6 +72,7 @@ async fn read_roles(account: &Account, settings: &Settings, shared: &Shared) {
     };
     let metrics = &shared.metrics;
     let account_id = account.id();
+    let started = std::time::Instant::now();
     let result = iam::list_roles(&clients.iam, metrics).await;
     let listed = match account
         .source
@@ -97,7 +98,12 @@ async fn read_roles(account: &Account, settings: &Settings, shared: &Shared) {
             })
             .collect(),
     };
-    tracing::debug!(account_id, roles = roles.roles.len(), "roles read");
+    tracing::info!(
+        account_id,
+        roles = roles.roles.len(),
+        duration_ms = started.elapsed().as_millis() as u64,
+        "roles read"
+    );
     shared.set_roles(&account.target.key, roles).await;
     account.followed.lock().expect("not poisoned").roles_read_at = Some(Instant::now());
 }
