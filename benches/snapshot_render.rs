@@ -44,6 +44,7 @@ fn account(id: &str, users: usize, tagged: bool) -> AccountData {
                 ServiceCounts {
                     accessed: 3,
                     granted: 12,
+                    actions: vec![],
                 },
             );
             if tagged {

@@ -270,6 +270,12 @@ pub struct ServiceAccessSettings {
     pub max_concurrent_jobs: usize,
     /// Run jobs for every user, not only for users that hold an access key.
     pub all_users: bool,
+    /// Run jobs for the roles too (with `roles.enabled`): their counts per role.
+    pub roles: bool,
+    /// Also for service-linked roles, which AWS services own.
+    pub service_linked_roles: bool,
+    /// ACTION_LEVEL jobs: the tracked actions granted and used per principal and service.
+    pub action_level: bool,
     /// First wait between polls of a job; it doubles up to `poll_interval_max`.
     #[serde(deserialize_with = "duration")]
     pub poll_interval: Duration,

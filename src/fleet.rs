@@ -46,6 +46,8 @@ pub struct Followed {
     /// Users (lowercased names: IAM matches names regardless of case) whose own
     /// permissions changed since their last job.
     pub permissions: HashSet<String>,
+    /// Roles (lowercased names) whose own permissions changed since their last job.
+    pub role_permissions: HashSet<String>,
     /// A group's or a managed policy's permissions changed since the last pass.
     pub all_permissions: bool,
     /// When every user's tags were last read.

@@ -122,13 +122,27 @@ pub struct LabelledRole {
     pub tag_labels: TagLabels,
 }
 
-/// The outcome of one user's service-last-accessed job.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// The outcome of one user's or role's service-last-accessed job.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ServiceCounts {
-    /// Services the user's policies allow that were authenticated to at least once.
+    /// Services the principal's policies allow that were authenticated to at least once.
     pub accessed: u32,
-    /// Services the user's policies allow, used or not.
+    /// Services the principal's policies allow, used or not.
     pub granted: u32,
+    /// Per service that IAM tracks by action, from an ACTION_LEVEL job: the tracked
+    /// actions the policies allow and those used. IAM lists a service's tracked actions
+    /// only when at least one of them was used (in its 400 days), so a service whose
+    /// tracked actions all went unused has no entry: its service-level count says so.
+    pub actions: Vec<TrackedActions>,
+}
+
+/// One service's tracked actions for a principal.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TrackedActions {
+    /// The service's namespace, as IAM names it (`s3`, `ec2`).
+    pub service_namespace: String,
+    pub granted: u32,
+    pub used: u32,
 }
 
 /// What is known of one account: its latest inventory and the slower data joined to it.

@@ -95,6 +95,26 @@ family!(
     "Unix time the role was last used, labelled with the region of that use when IAM gives one; absent for a role not used in IAM's 400-day tracking period."
 );
 family!(
+    ROLE_SERVICES_ACCESSED,
+    "aws_iam_role_services_accessed",
+    "Services the role's policies allow that the role authenticated to (IAM tracks 400 days)."
+);
+family!(
+    ROLE_SERVICES_GRANTED,
+    "aws_iam_role_services_granted",
+    "Services the role's policies allow, used or not."
+);
+family!(
+    ROLE_TRACKED_ACTIONS_GRANTED,
+    "aws_iam_role_tracked_actions_granted",
+    "Actions of the service that IAM tracks by action and the role's policies allow; only for a service the role used one of them in (IAM lists them only then)."
+);
+family!(
+    ROLE_TRACKED_ACTIONS_USED,
+    "aws_iam_role_tracked_actions_used",
+    "Actions of the service that IAM tracks by action that the role used (IAM tracks 400 days)."
+);
+family!(
     ROOT_ACCESS_KEYS_PRESENT,
     "aws_iam_root_access_keys_present",
     "1 if the account's root user has access keys, else 0."
@@ -123,6 +143,16 @@ family!(
     USER_SERVICES_ACCESSED,
     "aws_iam_user_services_accessed",
     "Services the user's policies allow that the user authenticated to within IAM's tracking period."
+);
+family!(
+    USER_TRACKED_ACTIONS_GRANTED,
+    "aws_iam_user_tracked_actions_granted",
+    "Actions of the service that IAM tracks by action and the user's policies allow; only for a service the user used one of them in (IAM lists them only then)."
+);
+family!(
+    USER_TRACKED_ACTIONS_USED,
+    "aws_iam_user_tracked_actions_used",
+    "Actions of the service that IAM tracks by action that the user used (IAM tracks 400 days)."
 );
 family!(
     USER_SERVICES_GRANTED,

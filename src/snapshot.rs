@@ -16,8 +16,8 @@ use std::time::SystemTime;
 
 use crate::exposition::{Deflater, GzipBuilder, GzipPrefix, Recycler};
 use crate::inventory::{
-    AccessKey, AccountData, Inventory, KeyStatus, Login, Role, ServiceCounts, TagLabels, User,
-    unix_seconds,
+    AccessKey, AccountData, Inventory, KeyStatus, Login, Role, ServiceCounts, TagLabels,
+    TrackedActions, User, unix_seconds,
 };
 use crate::metrics::Family;
 use bytes::Bytes;
@@ -280,7 +280,7 @@ fn headers() -> &'static [Header] {
 }
 
 /// The inventory's families in the order `render` writes them: name order.
-const FAMILIES: [&Family; 19] = {
+const FAMILIES: [&Family; 25] = {
     use crate::metrics::*;
     [
         &KEY_ACTIVE,
@@ -295,6 +295,10 @@ const FAMILIES: [&Family; 19] = {
         &ROLE_CREATED_TIMESTAMP_SECONDS,
         &ROLE_IDLE_SECONDS,
         &ROLE_LAST_USED_TIMESTAMP_SECONDS,
+        &ROLE_SERVICES_ACCESSED,
+        &ROLE_SERVICES_GRANTED,
+        &ROLE_TRACKED_ACTIONS_GRANTED,
+        &ROLE_TRACKED_ACTIONS_USED,
         &ROOT_ACCESS_KEYS_PRESENT,
         &USER_CREATED_TIMESTAMP_SECONDS,
         &USER_MFA_ACTIVE,
@@ -302,6 +306,8 @@ const FAMILIES: [&Family; 19] = {
         &USER_PASSWORD_LAST_USED_TIMESTAMP_SECONDS,
         &USER_SERVICES_ACCESSED,
         &USER_SERVICES_GRANTED,
+        &USER_TRACKED_ACTIONS_GRANTED,
+        &USER_TRACKED_ACTIONS_USED,
     ]
 };
 
@@ -595,6 +601,34 @@ fn render(views: &[View], users: &[UserRow], keys: &[KeyRow], headers: bool) -> 
             Some((labels, unix_seconds(used.at)))
         }),
     );
+    let role_counts = |pick: fn(&ServiceCounts) -> u32| {
+        roles().filter_map(move |(labels, row)| Some((labels, f64::from(pick(row.counts?)))))
+    };
+    text.family(&ROLE_SERVICES_ACCESSED, role_counts(|c| c.accessed));
+    text.family(&ROLE_SERVICES_GRANTED, role_counts(|c| c.granted));
+    // Per role and service: the role's labels with service_namespace after
+    // service_linked, before the tags, in name order.
+    let role_actions = |pick: fn(&TrackedActions) -> u32| {
+        roles().flat_map(move |(labels, row)| {
+            let actions = row.counts.map_or(&[][..], |c| c.actions.as_slice());
+            actions.iter().map(move |tracked| {
+                let [account, role, linked] = labels.fixed;
+                let labels = Labels {
+                    fixed: [
+                        account,
+                        role,
+                        linked,
+                        ("service_namespace", tracked.service_namespace.as_str()),
+                    ],
+                    tags: labels.tags,
+                    user: None,
+                };
+                (labels, f64::from(pick(tracked)))
+            })
+        })
+    };
+    text.family(&ROLE_TRACKED_ACTIONS_GRANTED, role_actions(|t| t.granted));
+    text.family(&ROLE_TRACKED_ACTIONS_USED, role_actions(|t| t.used));
     text.family(
         &ROOT_ACCESS_KEYS_PRESENT,
         once_per_account(views, |view| {
@@ -632,6 +666,24 @@ fn render(views: &[View], users: &[UserRow], keys: &[KeyRow], headers: bool) -> 
     };
     text.family(&USER_SERVICES_ACCESSED, counts(|c| c.accessed));
     text.family(&USER_SERVICES_GRANTED, counts(|c| c.granted));
+    let user_actions = |pick: fn(&TrackedActions) -> u32| {
+        users.iter().flat_map(move |u| {
+            let actions = u.counts.map_or(&[][..], |c| c.actions.as_slice());
+            actions.iter().map(move |tracked| {
+                let labels = Labels {
+                    fixed: [
+                        ("account_id", u.account),
+                        ("service_namespace", tracked.service_namespace.as_str()),
+                    ],
+                    tags: &u.tags,
+                    user: Some(u.user.name.as_str()),
+                };
+                (labels, f64::from(pick(tracked)))
+            })
+        })
+    };
+    text.family(&USER_TRACKED_ACTIONS_GRANTED, user_actions(|t| t.granted));
+    text.family(&USER_TRACKED_ACTIONS_USED, user_actions(|t| t.used));
     debug_assert_eq!(text.ends.len(), FAMILIES.len());
     text
 }
@@ -648,6 +700,7 @@ struct Labels<'a, const N: usize> {
 struct RoleRow<'a> {
     role: &'a Role,
     read_at: SystemTime,
+    counts: Option<&'a ServiceCounts>,
 }
 
 impl RoleRow<'_> {
@@ -661,12 +714,14 @@ fn role_rows<'v, 'a: 'v>(
     views: &'v [View<'a>],
 ) -> impl Iterator<Item = (Labels<'a, 3>, RoleRow<'a>)> + 'v {
     once_per_account(views, |view| {
+        let roles = view.data.roles.as_deref()?;
         Some((
             view.inventory.account_id.as_str(),
-            view.data.roles.as_deref()?,
+            roles,
+            &view.data.service_counts,
         ))
     })
-    .flat_map(|(account, roles)| {
+    .flat_map(|(account, roles, counts)| {
         roles.roles.iter().map(move |labelled| {
             let role = &labelled.role;
             let linked = if role.is_service_linked() {
@@ -686,6 +741,7 @@ fn role_rows<'v, 'a: 'v>(
             let row = RoleRow {
                 role,
                 read_at: roles.read_at,
+                counts: counts.get(&role.arn),
             };
             (labels, row)
         })
@@ -884,6 +940,7 @@ mod tests {
             ServiceCounts {
                 accessed: 3,
                 granted: 11,
+                actions: vec![],
             },
         );
         counts.insert(
@@ -891,6 +948,7 @@ mod tests {
             ServiceCounts {
                 accessed: 1,
                 granted: 1,
+                actions: vec![],
             },
         );
         let snapshot = Snapshot::build(&one(sample(), counts));
@@ -1004,8 +1062,8 @@ mod tests {
 
     /// The role families of an account, series by series: creation and idle time for
     /// every role (idle since creation for one IAM has no use of), last use with its
-    /// region only where IAM has one, service-linked roles marked, tag labels in place, and
-    /// a repeated account's roles rendered once.
+    /// region only where IAM has one, service counts where a job gave them, service-linked
+    /// roles marked, tag labels in place, and a repeated account's roles rendered once.
     #[test]
     fn roles_render_their_creation_idle_time_and_last_use() {
         use crate::inventory::{LabelledRole, RoleLastUse, Roles};
@@ -1047,9 +1105,19 @@ mod tests {
                 ),
             ],
         };
+        let mut service_counts = ServiceCountsByArn::new();
+        service_counts.insert(
+            "arn:aws:iam::123456789012:role/apps/deployer".into(),
+            ServiceCounts {
+                accessed: 2,
+                granted: 5,
+                actions: vec![],
+            },
+        );
         let data = AccountData {
             inventory: Some(Arc::new(sample())),
             roles: Some(Arc::new(roles)),
+            service_counts,
             ..Default::default()
         };
         // The same account twice, as an inconsistent source could list it.
@@ -1095,9 +1163,74 @@ mod tests {
                 "aws_iam_role_last_used_timestamp_seconds{{{account},last_used_region=\"\",role=\"AWSServiceRoleForSupport\",service_linked=\"true\"}} {}",
                 NOW - 10 * DAY
             ),
+            format!(
+                "aws_iam_role_services_accessed{{{account},role=\"deployer\",service_linked=\"false\",tag_team=\"payments\"}} 2"
+            ),
+            format!(
+                "aws_iam_role_services_granted{{{account},role=\"deployer\",service_linked=\"false\",tag_team=\"payments\"}} 5"
+            ),
         ];
         assert_eq!(series, expected, "{text}");
         assert!(text.contains("# TYPE aws_iam_role_idle_seconds gauge\n"));
+    }
+
+    /// Tracked actions per user and service, with `service_namespace` before the tags and
+    /// the user, and none for a user whose job listed none.
+    #[test]
+    fn users_render_their_tracked_actions_per_service() {
+        use crate::inventory::TrackedActions;
+        let mut counts = ServiceCountsByArn::new();
+        counts.insert(
+            "arn:aws:iam::123456789012:user/bots/ci-bot".into(),
+            ServiceCounts {
+                accessed: 2,
+                granted: 4,
+                actions: vec![
+                    TrackedActions {
+                        service_namespace: "s3".into(),
+                        granted: 12,
+                        used: 3,
+                    },
+                    TrackedActions {
+                        service_namespace: "ec2".into(),
+                        granted: 5,
+                        used: 1,
+                    },
+                ],
+            },
+        );
+        counts.insert(
+            "arn:aws:iam::123456789012:user/nobody".into(),
+            ServiceCounts {
+                accessed: 0,
+                granted: 1,
+                actions: vec![],
+            },
+        );
+        let mut tags = TagsByArn::new();
+        tags.insert(
+            "arn:aws:iam::123456789012:user/bots/ci-bot".into(),
+            vec![("tag_team".into(), "ci".into())],
+        );
+        let text = text(&Snapshot::build(&accounts(vec![(sample(), counts, tags)])));
+        let series: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("aws_iam_user_tracked_actions_"))
+            .collect();
+        let labels = |namespace: &str| {
+            format!(
+                "{{account_id=\"123456789012\",service_namespace=\"{namespace}\",tag_team=\"ci\",user=\"ci-bot\"}}"
+            )
+        };
+        assert_eq!(
+            series,
+            [
+                format!("aws_iam_user_tracked_actions_granted{} 12", labels("s3")),
+                format!("aws_iam_user_tracked_actions_granted{} 5", labels("ec2")),
+                format!("aws_iam_user_tracked_actions_used{} 3", labels("s3")),
+                format!("aws_iam_user_tracked_actions_used{} 1", labels("ec2")),
+            ]
+        );
     }
 
     #[test]
@@ -1145,6 +1278,7 @@ mod tests {
             ServiceCounts {
                 accessed: 2,
                 granted: 5,
+                actions: vec![],
             },
         );
         let mut all = accounts(vec![
@@ -1686,6 +1820,7 @@ mod tests {
                     let counts = ServiceCounts {
                         accessed: rng.below(3) as u32,
                         granted: 3,
+                        actions: vec![],
                     };
                     data.service_counts.insert(arn.clone(), counts);
                 }

@@ -598,8 +598,14 @@ fn once_leaves_the_service_access_pass_out_unless_asked() {
         .iter()
         .filter(|u| !u["keys"].as_array().unwrap().is_empty())
         .count();
-    // One job per user holding a key, and no other.
-    assert_eq!(metrics.aws_requests(generated), with_keys as f64);
+    let roles = moto.seeded["roles"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|r| r["service_linked"] != true)
+        .count();
+    // One job per user holding a key and per role but the service-linked ones, no other.
+    assert_eq!(metrics.aws_requests(generated), (with_keys + roles) as f64);
     assert!(
         metrics
             .0

@@ -98,7 +98,9 @@ fn the_shipped_policies_are_enough_for_every_feature() {
     exporter.wait_ready();
     let m = wait_for("every feature's data", LIMIT, || {
         let m = exporter.metrics();
-        let counted = m.count_with("aws_iam_user_services_granted", "account_id", DATA) > 0;
+        // Users' and roles' jobs alike (a role's job is asked on the role's ARN).
+        let counted = m.count_with("aws_iam_user_services_granted", "account_id", DATA) > 0
+            && m.count_with("aws_iam_role_services_granted", "account_id", DATA) > 0;
         (counted && m.value("iam_key_exporter_refresh_success", &[]) == 1.0).then_some(m)
     });
     for account in [MAIN, DATA, LEGACY] {

@@ -1,5 +1,7 @@
 //! Roles against the moto peer: every seeded role served with its creation, last use
-//! (and its region), idle time, service-linked mark and tag labels; the role filter; and
+//! (and its region), idle time, service-linked mark and tag labels; each role's service
+//! counts from its service-last-accessed job (the peer's extension), none for a
+//! service-linked role unless asked; the role filter; and
 //! a role created, tagged or deleted through IAM shown by the next refresh through the
 //! change feed, while a steady refresh reads no role at all. (moto serves
 //! GetAccountAuthorizationDetails and RoleLastUsed itself; its paging and the roles'
@@ -152,6 +154,104 @@ fn every_seeded_role_is_served_with_its_creation_last_use_and_marks() {
     if let Some(problems) = promtool_check_metrics(&exposition) {
         assert!(problems.is_empty(), "promtool check metrics: {problems}");
     }
+}
+
+/// The roles' service counts, from the same jobs and pass as users': exactly what the
+/// peer seeded, and none for the service-linked role, which is left out by default.
+#[test]
+fn each_role_has_the_service_counts_of_its_job_but_service_linked_ones() {
+    let Some(moto) = Moto::start(&root().join(SCENARIO)) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let exporter = start(
+        &moto,
+        dir.path(),
+        "",
+        &[("IAM_KEY_EXPORTER_SERVICE_ACCESS__ENABLED", "true")],
+    );
+    let roles = seeded_roles(&moto);
+    let counted: Vec<&serde_json::Value> = roles
+        .iter()
+        .filter(|r| r["service_linked"] != true)
+        .collect();
+    let m = wait_for("every role's counts", LIMIT, || {
+        let m = exporter.metrics();
+        counted
+            .iter()
+            .all(|r| {
+                let name = r["name"].as_str().unwrap();
+                m.count_with("aws_iam_role_services_granted", "role", name) == 1
+            })
+            .then_some(m)
+    });
+    for role in &counted {
+        let name = role["name"].as_str().unwrap();
+        let (series, granted) = series_of(&m, "aws_iam_role_services_granted", name);
+        assert_eq!(
+            granted,
+            role["services_granted"].as_f64().unwrap(),
+            "{name}"
+        );
+        assert_eq!(label(series, "service_linked"), Some("false"));
+        let (_, accessed) = series_of(&m, "aws_iam_role_services_accessed", name);
+        assert_eq!(
+            accessed,
+            role["services_accessed"].as_f64().unwrap(),
+            "{name}"
+        );
+    }
+    for role in roles.iter().filter(|r| r["service_linked"] == true) {
+        let name = role["name"].as_str().unwrap();
+        assert_eq!(
+            m.count_with("aws_iam_role_services_granted", "role", name),
+            0,
+            "{name} is service-linked"
+        );
+    }
+
+    // Action level (the default): per role and service that IAM tracks by action and the
+    // role used one action of, the tracked actions granted and used; nothing for a service
+    // whose tracked actions all went unused, which IAM does not list.
+    let mut expected = Vec::new();
+    for role in &counted {
+        let name = role["name"].as_str().unwrap();
+        for entry in role["services"].as_array().into_iter().flatten() {
+            let used = entry["actions_accessed"].as_f64().unwrap_or(0.0);
+            if used > 0.0 {
+                let granted = entry["actions_granted"].as_f64().unwrap();
+                let namespace = entry["namespace"].as_str().unwrap();
+                expected.push((name.to_string(), namespace.to_string(), granted, used));
+            }
+        }
+    }
+    assert!(!expected.is_empty(), "the sample has tracked actions");
+    expected.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let mut served = Vec::new();
+    for (series, granted) in m.0.iter() {
+        if !series.starts_with("aws_iam_role_tracked_actions_granted{") {
+            continue;
+        }
+        let role = label(series, "role").unwrap();
+        let namespace = label(series, "service_namespace").unwrap();
+        let used =
+            m.0.iter()
+                .find(|(k, _)| {
+                    k.starts_with("aws_iam_role_tracked_actions_used{")
+                        && label(k, "role") == Some(role)
+                        && label(k, "service_namespace") == Some(namespace)
+                })
+                .map(|(_, v)| *v)
+                .unwrap_or_else(|| panic!("used actions of {role} in {namespace}"));
+        served.push((role.to_string(), namespace.to_string(), *granted, used));
+    }
+    served.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    assert_eq!(served, expected);
+    // The users' counts come with the same pass.
+    assert!(
+        m.0.keys()
+            .any(|k| k.starts_with("aws_iam_user_services_granted{"))
+    );
 }
 
 #[test]

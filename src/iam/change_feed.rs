@@ -55,6 +55,8 @@ pub struct Changes {
     pub everyone: bool,
     /// A role was created, deleted, tagged or untagged: the account's roles are read again.
     pub roles: bool,
+    /// Roles whose own permissions changed: their service counts are due again.
+    pub role_permissions: BTreeSet<String>,
 }
 
 impl Changes {
@@ -69,6 +71,7 @@ impl Changes {
         self.all_permissions |= other.all_permissions;
         self.everyone |= other.everyone;
         self.roles |= other.roles;
+        self.role_permissions.extend(other.role_permissions);
     }
 }
 
@@ -102,6 +105,8 @@ struct RequestParameters {
     user_name: Option<String>,
     #[serde(default)]
     new_user_name: Option<String>,
+    #[serde(default)]
+    role_name: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -125,6 +130,8 @@ enum Meaning {
     /// A role created, deleted or (un)tagged: what the role series show. A role's last use
     /// is no event; the role pass reads it every `roles.interval`.
     Roles,
+    /// The permissions of the named role.
+    RolePermissions,
 }
 
 fn meaning(event_name: &str) -> Option<Meaning> {
@@ -148,6 +155,12 @@ fn meaning(event_name: &str) -> Option<Meaning> {
         | "CreatePolicyVersion"
         | "SetDefaultPolicyVersion" => Meaning::BroadPermissions,
         "CreateRole" | "DeleteRole" | "TagRole" | "UntagRole" => Meaning::Roles,
+        "AttachRolePolicy"
+        | "DetachRolePolicy"
+        | "PutRolePolicy"
+        | "DeleteRolePolicy"
+        | "PutRolePermissionsBoundary"
+        | "DeleteRolePermissionsBoundary" => Meaning::RolePermissions,
         // Console passwords, MFA, certificates, role policies...: the credential report
         // or nothing the exporter serves.
         _ => return None,
@@ -198,6 +211,13 @@ pub fn changes_of(event: &Event) -> Changes {
         (Meaning::Tags, None) => {}
         (Meaning::UserPermissions | Meaning::BroadPermissions, _) => changes.all_permissions = true,
         (Meaning::Roles, _) => changes.roles = true,
+        (Meaning::RolePermissions, _) => match parameters.role_name {
+            Some(role) => {
+                changes.role_permissions.insert(role);
+            }
+            // Without a name, someone unknown's permissions changed.
+            None => changes.all_permissions = true,
+        },
     }
     changes
 }
@@ -435,6 +455,20 @@ mod tests {
             assert_eq!(names(&changes.tags), ["bob"], "{name}");
             assert!(changes.users.is_empty(), "{name}");
         }
+        for name in [
+            "AttachRolePolicy",
+            "PutRolePolicy",
+            "DeleteRolePermissionsBoundary",
+        ] {
+            let changes = changes_of(&event(
+                name,
+                name,
+                T0,
+                serde_json::json!({"requestParameters": {"roleName": "deployer"}}),
+            ));
+            assert_eq!(names(&changes.role_permissions), ["deployer"], "{name}");
+            assert!(changes.permissions.is_empty() && !changes.all_permissions);
+        }
         for name in ["CreateRole", "DeleteRole", "TagRole", "UntagRole"] {
             let changes = changes_of(&event(
                 name,
@@ -477,7 +511,7 @@ mod tests {
         }
         // Events of other resources change nothing the exporter serves.
         for name in [
-            "AttachRolePolicy",
+            "UpdateAssumeRolePolicy",
             "CreateLoginProfile",
             "UploadSSHPublicKey",
         ] {

@@ -5,19 +5,21 @@
 use std::time::Duration;
 
 use aws_sdk_iam::Client;
-use aws_sdk_iam::types::JobStatusType;
+use aws_sdk_iam::types::{AccessAdvisorUsageGranularityType, JobStatusType, ServiceLastAccessed};
 use tokio::time::Instant;
 
 use super::{IamError, observe};
-use crate::inventory::ServiceCounts;
+use crate::inventory::{ServiceCounts, TrackedActions};
 use crate::metrics::ExporterMetrics;
 
-/// How patiently a job is polled.
+/// How patiently a job is polled, and at which granularity it is asked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct JobPolicy {
     pub poll_interval: Duration,
     pub poll_interval_max: Duration,
     pub timeout: Duration,
+    /// ACTION_LEVEL: the service-level entries as before, plus each tracked action.
+    pub action_level: bool,
 }
 
 const GENERATE: &str = "GenerateServiceLastAccessedDetails";
@@ -31,9 +33,15 @@ pub async fn service_counts(
     arn: &str,
     policy: JobPolicy,
 ) -> Result<ServiceCounts, IamError> {
+    let granularity = if policy.action_level {
+        AccessAdvisorUsageGranularityType::ActionLevel
+    } else {
+        AccessAdvisorUsageGranularityType::ServiceLevel
+    };
     let result = iam
         .generate_service_last_accessed_details()
         .arn(arn)
+        .granularity(granularity)
         .send()
         .await;
     let job_id = observe(metrics, GENERATE, result)
@@ -76,6 +84,7 @@ pub async fn service_counts(
                     if service.last_authenticated().is_some() {
                         counts.accessed += 1;
                     }
+                    counts.actions.extend(tracked_actions(service));
                 }
                 match page.marker() {
                     Some(next) if page.is_truncated() => marker = Some(next.to_string()),
@@ -100,4 +109,21 @@ pub async fn service_counts(
             }
         }
     }
+}
+
+/// A service's tracked actions, when IAM lists them (an ACTION_LEVEL job, a service it
+/// tracks by action, at least one of its actions used).
+fn tracked_actions(service: &ServiceLastAccessed) -> Option<TrackedActions> {
+    let actions = service.tracked_actions_last_accessed();
+    if actions.is_empty() {
+        return None;
+    }
+    Some(TrackedActions {
+        service_namespace: service.service_namespace().to_string(),
+        granted: actions.len() as u32,
+        used: actions
+            .iter()
+            .filter(|action| action.last_accessed_time.is_some())
+            .count() as u32,
+    })
 }

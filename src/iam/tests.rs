@@ -25,7 +25,7 @@ use aws_smithy_types::body::SdkBody;
 
 use super::*;
 use crate::filter::UserFilter;
-use crate::inventory::{KeyStatus, ServiceCounts};
+use crate::inventory::{KeyStatus, ServiceCounts, TrackedActions};
 
 const ACCOUNT: &str = "123456789012";
 const NOW: i64 = 1_767_225_600;
@@ -386,10 +386,81 @@ fn service(namespace: &str, accessed: bool) -> ServiceLastAccessed {
 }
 
 const POLICY: JobPolicy = JobPolicy {
+    action_level: false,
     poll_interval: Duration::from_secs(1),
     poll_interval_max: Duration::from_secs(8),
     timeout: Duration::from_secs(60),
 };
+
+/// An ACTION_LEVEL job: the service-level counts as before, and per service whose tracked
+/// actions IAM lists (only when one was used) the actions granted and used. The job is
+/// asked at action level, and a service-level job at service level.
+#[tokio::test(start_paused = true)]
+async fn an_action_level_job_counts_each_services_tracked_actions() {
+    use aws_sdk_iam::types::{AccessAdvisorUsageGranularityType, TrackedActionLastAccessed};
+    let action = |name: &str, used: bool| {
+        let mut builder = TrackedActionLastAccessed::builder().action_name(name);
+        if used {
+            builder = builder
+                .last_accessed_time(DateTime::from_secs(NOW - DAY))
+                .last_accessed_entity(arn("alice"))
+                .last_accessed_region("eu-west-1");
+        }
+        builder.build()
+    };
+    let generate = mock!(Client::generate_service_last_accessed_details)
+        .match_requests(|r| {
+            r.granularity() == Some(&AccessAdvisorUsageGranularityType::ActionLevel)
+        })
+        .then_output(|| {
+            GenerateServiceLastAccessedDetailsOutput::builder()
+                .job_id("job-1")
+                .build()
+        });
+    let page = mock!(Client::get_service_last_accessed_details).then_output(move || {
+        let mut s3 = service("s3", true);
+        s3.tracked_actions_last_accessed = Some(vec![
+            action("PutObject", true),
+            action("DeleteBucket", false),
+            action("PutBucketPolicy", true),
+        ]);
+        let mut ec2 = service("ec2", true);
+        ec2.tracked_actions_last_accessed = Some(vec![action("RunInstances", true)]);
+        job_page(JobStatusType::Completed)
+            .services_last_accessed(s3)
+            .services_last_accessed(ec2)
+            // Granted, never used: IAM lists none of its tracked actions.
+            .services_last_accessed(service("lambda", false))
+            .is_truncated(false)
+            .build()
+            .unwrap()
+    });
+    let metrics = Arc::new(ExporterMetrics::new());
+    let iam = client(&[&generate, &page], &metrics);
+    let policy = JobPolicy {
+        action_level: true,
+        ..POLICY
+    };
+
+    let counts = service_counts(&iam, &metrics, &arn("alice"), policy)
+        .await
+        .unwrap();
+
+    assert_eq!(generate.num_calls(), 1, "asked at action level");
+    let tracked = |namespace: &str, granted, used| TrackedActions {
+        service_namespace: namespace.into(),
+        granted,
+        used,
+    };
+    assert_eq!(
+        counts,
+        ServiceCounts {
+            accessed: 2,
+            granted: 3,
+            actions: vec![tracked("s3", 3, 2), tracked("ec2", 1, 1)],
+        }
+    );
+}
 
 #[tokio::test(start_paused = true)]
 async fn a_job_is_polled_until_completed_and_every_page_is_counted() {
@@ -432,7 +503,8 @@ async fn a_job_is_polled_until_completed_and_every_page_is_counted() {
         counts,
         ServiceCounts {
             accessed: 3,
-            granted: 5
+            granted: 5,
+            actions: vec![],
         }
     );
     assert_eq!(

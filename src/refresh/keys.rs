@@ -121,7 +121,10 @@ async fn refresh_account(
         let refreshed = account.source.refresh(metrics).await?;
         let retag = follow(account, &refreshed);
         if let Some(changes) = &refreshed.changes {
-            if changes.all_permissions || !changes.permissions.is_empty() {
+            if changes.all_permissions
+                || !changes.permissions.is_empty()
+                || !changes.role_permissions.is_empty()
+            {
                 shared.notify_permissions_changed();
             }
             if changes.roles {
@@ -210,6 +213,12 @@ fn follow(account: &Account, refreshed: &Refreshed) -> HashSet<String> {
         .permissions
         .extend(changes.permissions.iter().map(|name| name.to_lowercase()));
     followed.all_permissions |= changes.all_permissions;
+    followed.role_permissions.extend(
+        changes
+            .role_permissions
+            .iter()
+            .map(|name| name.to_lowercase()),
+    );
     followed.roles_changed |= changes.roles;
     changes
         .tags

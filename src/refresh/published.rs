@@ -22,6 +22,7 @@ use bytes::Bytes;
 use tokio::sync::{Mutex, Notify, watch};
 
 use super::RefreshStatus;
+use crate::config::ServiceAccessSettings;
 use crate::exposition::{Exposition, GzipPrefix, Recycler};
 use crate::inventory::{AccountData, Inventory, Roles, ServiceCounts, TagLabels};
 use crate::metrics::ExporterMetrics;
@@ -262,22 +263,32 @@ impl Shared {
     pub async fn job_candidates(
         &self,
         account: &str,
-        all_users: bool,
+        settings: &ServiceAccessSettings,
     ) -> Vec<(String, String, Option<std::time::SystemTime>)> {
         let collected = self.collected.lock().await;
-        let Some(inventory) = collected
-            .accounts
-            .get(account)
-            .and_then(|data| data.inventory.clone())
-        else {
+        let Some(data) = collected.accounts.get(account) else {
             return Vec::new();
         };
-        inventory
-            .users
+        let users = data.inventory.iter().flat_map(|inventory| {
+            inventory
+                .users
+                .iter()
+                .filter(|user| settings.all_users || !user.keys.is_empty())
+                .map(|u| (u.name.clone(), u.arn.clone(), u.last_activity()))
+        });
+        // A role's activity is its last use: a job finds nothing new before it.
+        let roles = data
+            .roles
             .iter()
-            .filter(|user| all_users || !user.keys.is_empty())
-            .map(|u| (u.name.clone(), u.arn.clone(), u.last_activity()))
-            .collect()
+            .filter(|_| settings.roles)
+            .flat_map(|roles| roles.roles.iter())
+            .map(|labelled| &labelled.role)
+            .filter(|role| settings.service_linked_roles || !role.is_service_linked())
+            .map(|role| {
+                let activity = role.last_used.as_ref().map(|used| used.at);
+                (role.name.clone(), role.arn.clone(), activity)
+            });
+        users.chain(roles).collect()
     }
 
     pub async fn users_with_keys(&self, account: &str) -> Vec<(String, String)> {
@@ -511,9 +522,10 @@ mod tests {
         let counts = ServiceCounts {
             accessed: 1,
             granted: 4,
+            actions: vec![],
         };
         for (_, arn) in shared.users(A).await {
-            shared.set_service_counts(A, arn, counts).await;
+            shared.set_service_counts(A, arn, counts.clone()).await;
         }
         // Stored counts are published by the next snapshot, not before.
         assert!(!exposition(&shared).contains("aws_iam_user_services_granted"));
@@ -574,6 +586,7 @@ mod tests {
         let counts = ServiceCounts {
             accessed: 2,
             granted: 7,
+            actions: vec![],
         };
         let alice = format!("arn:aws:iam::{A}:user/alice");
         shared.set_service_counts(A, alice, counts).await;

@@ -25,12 +25,17 @@ pub async fn run_role_refresh(fleet: Arc<Fleet>, settings: Settings, shared: Arc
     shared.first_refresh_finished().await;
     let mut ticker = tokio::time::interval(settings.roles.interval);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    // The first tick is now: every account, once. The accounts the first round announced
+    // as due are among them, so their wake-up that waits meanwhile finds nothing to read.
+    ticker.tick().await;
+    let mut everyone = true;
     loop {
-        let everyone = tokio::select! {
+        refresh_roles_once(&fleet, &settings, &shared, everyone).await;
+        everyone = tokio::select! {
+            biased;
             _ = ticker.tick() => true,
             () = shared.roles_due() => false,
         };
-        refresh_roles_once(&fleet, &settings, &shared, everyone).await;
     }
 }
 
@@ -105,5 +110,16 @@ async fn read_roles(account: &Account, settings: &Settings, shared: &Shared) {
         "roles read"
     );
     shared.set_roles(&account.target.key, roles).await;
-    account.followed.lock().expect("not poisoned").roles_read_at = Some(Instant::now());
+    let (first, following) = {
+        let mut followed = account.followed.lock().expect("not poisoned");
+        let first = followed.roles_read_at.replace(Instant::now()).is_none();
+        (first, followed.following)
+    };
+    // The roles' service counts come with the service-access pass, which runs the jobs of
+    // roles never asked: wake it for an account's first roles rather than wait an hour.
+    // Only where the feed is followed: there a pass runs only the jobs that are due, while
+    // without the feed it would run every job of the account again.
+    if first && following && settings.service_access.roles {
+        shared.notify_permissions_changed();
+    }
 }

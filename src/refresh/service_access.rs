@@ -104,10 +104,10 @@ async fn one_job(
     Ok(())
 }
 
-/// The users whose job is due, as (ARN, last activity), out of `candidates`: everyone
-/// when a whole pass is due (the feed is not followed, `refresh.full_interval` has
-/// passed, or a group's or a policy's permissions changed); otherwise those never asked,
-/// those whose permissions changed, and those active since their last job.
+/// The users and roles whose job is due, as (ARN, last activity), out of `candidates`:
+/// everyone when a whole pass is due (the feed is not followed, `refresh.full_interval`
+/// has passed, or a group's or a policy's permissions changed); otherwise those never
+/// asked, those whose permissions changed, and those active since their last job.
 fn due_jobs(
     followed: &mut Followed,
     candidates: Vec<(String, String, Option<SystemTime>)>,
@@ -120,6 +120,7 @@ fn due_jobs(
     }
     followed.all_permissions = false;
     let permissions = std::mem::take(&mut followed.permissions);
+    let role_permissions = std::mem::take(&mut followed.role_permissions);
     // Users gone since are forgotten.
     let arns: HashSet<&str> = candidates.iter().map(|(_, arn, _)| arn.as_str()).collect();
     followed
@@ -128,8 +129,14 @@ fn due_jobs(
     candidates
         .into_iter()
         .filter(|(name, arn, activity)| {
+            // A user and a role may share a name: the ARN tells which changed.
+            let changed = if is_role(arn) {
+                &role_permissions
+            } else {
+                &permissions
+            };
             whole
-                || permissions.contains(&name.to_lowercase())
+                || changed.contains(&name.to_lowercase())
                 || followed
                     .job_activity
                     .get(arn)
@@ -137,6 +144,12 @@ fn due_jobs(
         })
         .map(|(_, arn, activity)| (arn, activity))
         .collect()
+}
+
+fn is_role(arn: &str) -> bool {
+    arn.split(':')
+        .nth(5)
+        .is_some_and(|resource| resource.starts_with("role/"))
 }
 
 async fn account_service_access(
@@ -151,11 +164,12 @@ async fn account_service_access(
         poll_interval: settings.poll_interval,
         poll_interval_max: settings.poll_interval_max,
         timeout: settings.job_timeout,
+        action_level: settings.action_level,
     };
     let key = &account.target.key;
     // The counts belong to the key's user: users without a key have no series to carry
-    // them, unless `all_users` asks for every user's.
-    let candidates = shared.job_candidates(key, settings.all_users).await;
+    // them, unless `all_users` asks for every user's. Roles' go on the role series.
+    let candidates = shared.job_candidates(key, settings).await;
     let users = due_jobs(
         &mut account.followed.lock().expect("not poisoned"),
         candidates,
@@ -272,9 +286,36 @@ mod tests {
         followed.all_permissions = true;
         assert_eq!(due(&mut followed, &later).len(), 4);
 
+        // A role's permissions changed: the role's job, not the user's of the same name.
+        let role = |name: &str, at: Option<SystemTime>| {
+            (name.to_string(), format!("arn:aws:iam::1:role/{name}"), at)
+        };
+        let mixed = || {
+            let mut all = candidates(&later);
+            all.push(role("bob", at(1)));
+            all
+        };
+        let jobs = |followed: &mut Followed| -> Vec<String> {
+            due_jobs(followed, mixed(), 6 * HOUR)
+                .into_iter()
+                .map(|(arn, activity)| {
+                    followed.job_activity.insert(arn.clone(), activity);
+                    arn
+                })
+                .collect()
+        };
+        assert_eq!(
+            jobs(&mut followed),
+            ["arn:aws:iam::1:role/bob"],
+            "never asked"
+        );
+        followed.role_permissions.insert("bob".into());
+        assert_eq!(jobs(&mut followed), ["arn:aws:iam::1:role/bob"]);
+        assert!(jobs(&mut followed).is_empty());
+
         // And everyone once every full interval, whatever the feed says.
         tokio::time::advance(6 * HOUR).await;
-        assert_eq!(due(&mut followed, &later).len(), 4);
+        assert_eq!(jobs(&mut followed).len(), 5);
         assert!(due(&mut followed, &later).is_empty());
     }
 }
