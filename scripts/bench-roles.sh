@@ -4,7 +4,8 @@
 # roles, from `--once` runs against moto seeded with 1,000 generated roles (40
 # service-linked, 640 used, 480 tagged) and 10 users. Every setting at its default but
 # the endpoint, `tags.keys = ["team"]` (so the role series carry a tag label) and no
-# service-access jobs (their cost is measured by scripts/bench-service-access.sh).
+# service-access jobs; then one `--once.service-access` run for the roles' jobs (each job
+# IN_PROGRESS at its first poll, as IAM's take a few seconds).
 # RUNS=5 by default; a few minutes after the release build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,7 +20,7 @@ export AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=bench AWS_REGION=us-east-1
 export AWS_EC2_METADATA_DISABLED=true AWS_CONFIG_FILE=/dev/null AWS_SHARED_CREDENTIALS_FILE=/dev/null
 export IAM_KEY_EXPORTER_SERVICE_ACCESS__ENABLED=false
 
-start_moto --bench-roles 1000 --bench-users 10
+start_moto --bench-roles 1000 --bench-users 10 --bench-job-polls 1
 export IAM_KEY_EXPORTER_AWS__ENDPOINT_URL=$MOTO_ENDPOINT
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
@@ -49,5 +50,15 @@ for roles in true false; do
         echo "roles off: median peak RSS $(median < "$work/rss") KB"
     fi
 done
+# One service-access pass over the 10 users' and 1,000 roles' jobs (service-linked roles
+# left out by default), at the default 20 jobs at once.
+IAM_KEY_EXPORTER_SERVICE_ACCESS__ENABLED=true "$exe" --config.file "$work/config.toml" \
+    --once --once.service-access > "$work/out" 2> "$work/log"
+calls() { sed -n "s/^iam_key_exporter_aws_requests_total{operation=\"$1\"} //p" "$work/out"; }
+echo "service-access pass: $(calls GenerateServiceLastAccessedDetails) jobs," \
+    "$(calls GetServiceLastAccessedDetails) polls and pages," \
+    "$(sed -n 's/^iam_key_exporter_service_access_duration_seconds //p' "$work/out") s," \
+    "$(grep -c '^aws_iam_role_services_granted' "$work/out") roles counted," \
+    "$(grep -c '^aws_iam_role_tracked_actions_granted' "$work/out") role tracked-action series"
 # The peer exits when the writer of its stdin (fd 3, see scripts/moto.sh) closes.
 exec 3>&-
