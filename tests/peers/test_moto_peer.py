@@ -1270,10 +1270,16 @@ class RolePermissions(unittest.TestCase):
             policy["Statement"].append({"Sid": "ReadRoles", "Effect": "Allow",
                                         "Action": "iam:GetAccountAuthorizationDetails",
                                         "Resource": "*"})
-        if role_jobs:
-            policy["Statement"].append({"Sid": "RoleJobs", "Effect": "Allow",
-                                        "Action": "iam:GenerateServiceLastAccessedDetails",
-                                        "Resource": "arn:aws:iam::*:role/*"})
+        # The shipped policy allows roles' jobs (role/*); without role_jobs the copy
+        # keeps the jobs to users alone.
+        for statement in policy["Statement"]:
+            if statement.get("Action") == "iam:GenerateServiceLastAccessedDetails":
+                resources = statement["Resource"]
+                resources = [resources] if isinstance(resources, str) else resources
+                resources = [r for r in resources if r != "arn:aws:iam::*:role/*"]
+                if role_jobs:
+                    resources.append("arn:aws:iam::*:role/*")
+                statement["Resource"] = resources
         return policy
 
     def test_enforced(self) -> None:
