@@ -52,7 +52,7 @@ pub struct Followed {
     pub all_permissions: bool,
     /// When every user's tags were last read.
     pub tags_read_at: Option<Instant>,
-    /// When the account's roles were last read.
+    /// When the account's roles were last read, or tried.
     pub roles_read_at: Option<Instant>,
     /// The feed named a role change since the roles were last read.
     pub roles_changed: bool,

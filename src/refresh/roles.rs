@@ -70,7 +70,8 @@ pub async fn refresh_roles_once(
 
 /// Reads one account's roles and stores them for the next snapshot. A denied call turns
 /// the roles feature off for the account (logged once, with the permission to grant);
-/// another failure keeps the roles read before and is logged.
+/// another failure keeps the roles read before and is logged. Either way the account is
+/// read again at the next interval.
 async fn read_roles(account: &Account, settings: &Settings, shared: &Shared) {
     let Some(clients) = account.clients() else {
         return;
@@ -79,6 +80,13 @@ async fn read_roles(account: &Account, settings: &Settings, shared: &Shared) {
     let account_id = account.id();
     let started = std::time::Instant::now();
     let result = iam::list_roles(&clients.iam, metrics).await;
+    // Taken whatever the outcome: an account whose roles cannot be read is asked again at
+    // the next interval (or role event), not at every key refresh that finds it unread.
+    let (first, following) = {
+        let mut followed = account.followed.lock().expect("not poisoned");
+        let first = followed.roles_read_at.replace(Instant::now()).is_none();
+        (first, followed.following)
+    };
     let listed = match account
         .source
         .degraded
@@ -110,11 +118,6 @@ async fn read_roles(account: &Account, settings: &Settings, shared: &Shared) {
         "roles read"
     );
     shared.set_roles(&account.target.key, roles).await;
-    let (first, following) = {
-        let mut followed = account.followed.lock().expect("not poisoned");
-        let first = followed.roles_read_at.replace(Instant::now()).is_none();
-        (first, followed.following)
-    };
     // The roles' service counts come with the service-access pass, which runs the jobs of
     // roles never asked: wake it for an account's first roles rather than wait an hour.
     // Only where the feed is followed: there a pass runs only the jobs that are due, while
