@@ -335,8 +335,8 @@ fn a_policy_put_on_a_user_runs_that_users_job_alone_by_the_next_refresh() {
     let config = dir.path().join("exporter.toml");
     std::fs::write(&config, "").unwrap();
     // The pass's own interval is an hour: only the feed can run a job within the test.
-    // Users' jobs only: the roles' first jobs run in a pass of their own, woken by the
-    // roles' first reading (tests/roles.rs).
+    // Users' jobs only, so that the jobs counted are the users' (roles' are counted by
+    // tests/roles.rs).
     let exporter = Exporter::start_with(
         &["--config.file", config.to_str().unwrap()],
         &[

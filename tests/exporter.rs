@@ -32,11 +32,22 @@ fn serves_every_seeded_key_with_exact_values() {
     // Service counts arrive from their own loop shortly after the first inventory, for
     // the users that hold a key: their series carry the counts.
     let has_keys = |u: &serde_json::Value| !u["keys"].as_array().unwrap().is_empty();
-    let with_jobs = users.iter().filter(|u| has_keys(u)).count() as f64;
-    let completed_jobs = users
+    // And for every role but the service-linked ones, in the same first pass.
+    let roles: Vec<&serde_json::Value> = moto.seeded["roles"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|r| r["service_linked"] != true)
+        .collect();
+    let with_jobs = (users.iter().filter(|u| has_keys(u)).count() + roles.len()) as f64;
+    let completed_jobs = (users
         .iter()
         .filter(|u| has_keys(u) && u["service_job"] == "completed")
-        .count() as f64;
+        .count()
+        + roles
+            .iter()
+            .filter(|r| r["service_job"] == "completed")
+            .count()) as f64;
     assert!(
         users
             .iter()
@@ -656,8 +667,15 @@ fn all_users_runs_a_job_for_users_without_keys_too() {
             "{name}"
         );
     }
+    // Every user's job, and every role's but the service-linked ones'.
+    let roles = moto.seeded["roles"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|r| r["service_linked"] != true)
+        .count();
     assert_eq!(
         metrics.aws_requests("GenerateServiceLastAccessedDetails"),
-        users.len() as f64
+        (users.len() + roles) as f64
     );
 }

@@ -85,6 +85,8 @@ pub struct Shared {
     inventory_generation: watch::Sender<u64>,
     /// Bumped when an inventory refresh finishes, whether it succeeded or not.
     refreshes_finished: watch::Sender<u64>,
+    /// True once the role pass has read every account's roles a first time.
+    roles_read: watch::Sender<bool>,
     /// Signalled when service counts or tags arrive, for `run_publisher`.
     changed: Notify,
     /// Signalled when the change feed says a user's permissions changed, so that the
@@ -109,6 +111,7 @@ impl Shared {
             rendered: Mutex::default(),
             inventory_generation: watch::channel(0).0,
             refreshes_finished: watch::channel(0).0,
+            roles_read: watch::channel(false).0,
             changed: Notify::new(),
             permissions_changed: Notify::new(),
             roles_due: Notify::new(),
@@ -354,6 +357,17 @@ impl Shared {
     }
 
     /// Resolves once a first inventory refresh has finished, successful or not.
+    pub(super) fn finish_first_roles_pass(&self) {
+        self.roles_read.send_replace(true);
+    }
+
+    /// Resolves once the role pass has read every account's roles a first time (or tried).
+    pub(super) async fn first_roles_pass(&self) {
+        let mut read = self.roles_read.subscribe();
+        // The sender lives in `self`, so the channel cannot close while we wait.
+        let _ = read.wait_for(|read| *read).await;
+    }
+
     pub async fn first_refresh_finished(&self) {
         let mut finished = self.refreshes_finished.subscribe();
         // The sender lives in `self`, so the channel cannot close while we wait.

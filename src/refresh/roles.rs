@@ -28,14 +28,15 @@ pub async fn run_role_refresh(fleet: Arc<Fleet>, settings: Settings, shared: Arc
     // The first tick is now: every account, once. The accounts the first round announced
     // as due are among them, so their wake-up that waits meanwhile finds nothing to read.
     ticker.tick().await;
-    let mut everyone = true;
+    refresh_roles_once(&fleet, &settings, &shared, true).await;
+    shared.finish_first_roles_pass();
     loop {
-        refresh_roles_once(&fleet, &settings, &shared, everyone).await;
-        everyone = tokio::select! {
+        let everyone = tokio::select! {
             biased;
             _ = ticker.tick() => true,
             () = shared.roles_due() => false,
         };
+        refresh_roles_once(&fleet, &settings, &shared, everyone).await;
     }
 }
 

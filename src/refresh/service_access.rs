@@ -31,6 +31,11 @@ pub async fn run_service_access_refresh(
     // every refresh failed.
     shared.first_inventory().await;
     shared.first_refresh_finished().await;
+    // And after the roles' first reading, when roles have jobs: the first pass then runs
+    // theirs too, instead of an hour later.
+    if settings.roles.enabled && settings.service_access.roles {
+        shared.first_roles_pass().await;
+    }
     let mut ticker = tokio::time::interval(settings.service_access.interval);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
