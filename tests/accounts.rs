@@ -112,9 +112,13 @@ fn assumed_roles_serve_each_account_under_its_own_id_with_tag_labels() {
     };
     let (exporter, _dir) = start(&moto.endpoint, ROLES, &[]);
     exporter.wait_ready();
+    // Every account's keys, and the round over: accounts publish as each is done, the
+    // round's success is set once the last one is.
     let m = wait_for("every account", LIMIT, || {
         let m = exporter.metrics();
-        (keys_by_account(&m) == seeded_keys(&moto, &[MAIN, DATA, LEGACY])).then_some(m)
+        let round_over = m.value("iam_key_exporter_refresh_success", &[]) == 1.0;
+        (round_over && keys_by_account(&m) == seeded_keys(&moto, &[MAIN, DATA, LEGACY]))
+            .then_some(m)
     });
     for (id, name) in [(MAIN, "hub"), (DATA, "data"), (LEGACY, "legacy")] {
         assert_eq!(health(&m, id, name), Some(1.0), "{id}");
