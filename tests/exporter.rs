@@ -33,12 +33,7 @@ fn serves_every_seeded_key_with_exact_values() {
     // the users that hold a key: their series carry the counts.
     let has_keys = |u: &serde_json::Value| !u["keys"].as_array().unwrap().is_empty();
     // And for every role but the service-linked ones, in the same first pass.
-    let roles: Vec<&serde_json::Value> = moto.seeded["roles"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|r| r["service_linked"] != true)
-        .collect();
+    let roles = moto.roles_with_jobs();
     let with_jobs = (users.iter().filter(|u| has_keys(u)).count() + roles.len()) as f64;
     let completed_jobs = (users
         .iter()
@@ -609,12 +604,7 @@ fn once_leaves_the_service_access_pass_out_unless_asked() {
         .iter()
         .filter(|u| !u["keys"].as_array().unwrap().is_empty())
         .count();
-    let roles = moto.seeded["roles"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|r| r["service_linked"] != true)
-        .count();
+    let roles = moto.roles_with_jobs().len();
     // One job per user holding a key and per role but the service-linked ones, no other.
     assert_eq!(metrics.aws_requests(generated), (with_keys + roles) as f64);
     assert!(
@@ -668,12 +658,7 @@ fn all_users_runs_a_job_for_users_without_keys_too() {
         );
     }
     // Every user's job, and every role's but the service-linked ones'.
-    let roles = moto.seeded["roles"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|r| r["service_linked"] != true)
-        .count();
+    let roles = moto.roles_with_jobs().len();
     assert_eq!(
         metrics.aws_requests("GenerateServiceLastAccessedDetails"),
         (users.len() + roles) as f64

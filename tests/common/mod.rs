@@ -132,6 +132,17 @@ impl Moto {
         let _ = self.child.wait();
     }
 
+    /// The seeded roles that get service-access jobs by default: all but the
+    /// service-linked ones.
+    pub fn roles_with_jobs(&self) -> Vec<&serde_json::Value> {
+        self.seeded["roles"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|role| role["service_linked"] != true)
+            .collect()
+    }
+
     /// An IAM client for changing the scenario while the exporter runs.
     pub fn iam_client(&self) -> aws_sdk_iam::Client {
         aws_sdk_iam::Client::new(&self.sdk_config())
